@@ -1,0 +1,1 @@
+"""Readers (COCO, VOC, salient folders), the synthetic demo generator and training crops."""

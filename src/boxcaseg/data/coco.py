@@ -1,0 +1,150 @@
+"""COCO JSON reader with validation: the in-memory contract every later stage consumes.
+
+``load_coco`` keeps the raw dict untouched (``CocoData.raw``) so writers can preserve every
+field, and exposes a validated, typed view (``CocoData.images``) for the stages:
+
+* unknown ``category_id`` / missing ``image_id`` / missing keys -> ``DataError`` naming the
+  file and annotation id;
+* a box sticking out of its image -> clipped, counted in ``report["clipped_box"]``, warned;
+* zero or negative size boxes (after clipping) -> skipped, listed in ``skipped``, warned;
+* ``iscrowd`` annotations stay in the view (``BoxAnnotation.iscrowd``); training excludes them
+  and evaluation handles them as COCO does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from boxcaseg.errors import DataError
+from boxcaseg.io import read_image_rgb, read_json
+from boxcaseg.structures import xywh_to_xyxy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BoxAnnotation:
+    id: int
+    image_id: int
+    category_id: int
+    box: tuple[float, float, float, float]  # XYXY, clipped to the image
+    iscrowd: bool = False
+    segmentation: Any = None  # raw COCO segmentation if the file has one
+
+
+@dataclass
+class ImageEntry:
+    id: int
+    file_name: str
+    path: Path | None  # image_root / file_name, when a root was given
+    width: int
+    height: int
+    annotations: list[BoxAnnotation] = field(default_factory=list)
+
+
+@dataclass
+class CocoData:
+    source: str
+    raw: dict[str, Any]
+    images: list[ImageEntry]
+    categories: dict[int, str]
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (annotation id, reason)
+    report: Counter = field(default_factory=Counter)
+
+    @property
+    def num_annotations(self) -> int:
+        return sum(len(im.annotations) for im in self.images)
+
+    def image_by_id(self) -> dict[int, ImageEntry]:
+        return {im.id: im for im in self.images}
+
+
+def _require(obj: dict[str, Any], keys: tuple[str, ...], what: str, source: str) -> None:
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise DataError(f"{source}: {what} is missing key(s) {missing}")
+
+
+def parse_coco(data: Any, source: str = "<memory>", image_root: str | os.PathLike | None = None,
+               check_images: bool = False) -> CocoData:
+    if not isinstance(data, dict):
+        raise DataError(f"{source}: top level must be a JSON object, got {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise DataError(f"{source}: missing top-level key '{key}'")
+        if not isinstance(data[key], list):
+            raise DataError(f"{source}: '{key}' must be a list")
+    categories: dict[int, str] = {}
+    for c in data["categories"]:
+        _require(c, ("id",), "a category", source)
+        categories[int(c["id"])] = str(c.get("name", c["id"]))
+    root = Path(image_root) if image_root is not None else None
+    images: dict[int, ImageEntry] = {}
+    for im in data["images"]:
+        _require(im, ("id", "file_name", "width", "height"), f"image {im.get('id', '?')}", source)
+        if int(im["id"]) in images:
+            raise DataError(f"{source}: duplicate image id {im['id']}")
+        w, h = int(im["width"]), int(im["height"])
+        if w <= 0 or h <= 0:
+            raise DataError(f"{source}: image {im['id']} ({im['file_name']}) has size {w}x{h}")
+        path = root / im["file_name"] if root is not None else None
+        if check_images and path is not None:
+            arr = read_image_rgb(path)
+            if arr.shape[:2] != (h, w):
+                raise DataError(f"{source}: image {im['id']} ({path}) is {arr.shape[1]}x{arr.shape[0]} "
+                                f"on disk but {w}x{h} in the JSON")
+        images[int(im["id"])] = ImageEntry(int(im["id"]), str(im["file_name"]), path, w, h)
+    result = CocoData(source, data, list(images.values()), categories)
+    seen: set[int] = set()
+    for a in data["annotations"]:
+        aid = a.get("id", "?")
+        _require(a, ("id", "image_id", "category_id", "bbox"), f"annotation {aid}", source)
+        if int(a["id"]) in seen:
+            raise DataError(f"{source}: duplicate annotation id {aid}")
+        seen.add(int(a["id"]))
+        if int(a["image_id"]) not in images:
+            raise DataError(f"{source}: annotation {aid} refers to unknown image_id {a['image_id']}")
+        if int(a["category_id"]) not in categories:
+            raise DataError(f"{source}: annotation {aid} has unknown category_id {a['category_id']}")
+        bbox = a["bbox"]
+        if (not isinstance(bbox, (list, tuple)) or len(bbox) != 4
+                or not all(isinstance(v, (int, float)) and v == v for v in bbox)):
+            raise DataError(f"{source}: annotation {aid} has malformed bbox {bbox!r}")
+        img = images[int(a["image_id"])]
+        x1, y1, x2, y2 = xywh_to_xyxy(bbox)
+        if bbox[2] <= 0 or bbox[3] <= 0:
+            reason = f"zero or negative size box {list(bbox)}"
+            result.skipped.append((int(a["id"]), reason))
+            result.report["zero_size_box"] += 1
+            log.warning("%s: annotation %s skipped: %s", source, aid, reason)
+            continue
+        cx1, cy1 = min(max(x1, 0.0), img.width), min(max(y1, 0.0), img.height)
+        cx2, cy2 = min(max(x2, 0.0), img.width), min(max(y2, 0.0), img.height)
+        if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
+            if cx2 <= cx1 or cy2 <= cy1:
+                reason = f"box {list(bbox)} lies outside the {img.width}x{img.height} image"
+                result.skipped.append((int(a["id"]), reason))
+                result.report["box_outside_image"] += 1
+                log.warning("%s: annotation %s skipped: %s", source, aid, reason)
+                continue
+            result.report["clipped_box"] += 1
+            log.warning("%s: annotation %s: box %s clipped to the %dx%d image", source, aid,
+                        list(bbox), img.width, img.height)
+        img.annotations.append(BoxAnnotation(
+            id=int(a["id"]), image_id=img.id, category_id=int(a["category_id"]),
+            box=(cx1, cy1, cx2, cy2), iscrowd=bool(a.get("iscrowd", 0)),
+            segmentation=a.get("segmentation") or None))
+    result.report["images"] = len(result.images)
+    result.report["annotations"] = result.num_annotations
+    return result
+
+
+def load_coco(json_path: str | os.PathLike, image_root: str | os.PathLike | None = None, *,
+              check_images: bool = False) -> CocoData:
+    """Read and validate a COCO JSON file (boxes; masks optional). See module docstring."""
+    return parse_coco(read_json(json_path), str(json_path), image_root, check_images)

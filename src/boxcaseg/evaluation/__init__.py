@@ -1,0 +1,1 @@
+"""Box->mask quality (IoU@k, mIoU*) and instance segmentation AP (COCO, VOC)."""

@@ -1,0 +1,1 @@
+"""The auto-labeler: proxy masks, merge and drop, baselines."""

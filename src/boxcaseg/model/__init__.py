@@ -1,0 +1,1 @@
+"""The BoxCaseg network: timm backbone, three heads, weight transfer."""

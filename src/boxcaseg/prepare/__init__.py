@@ -1,0 +1,1 @@
+"""Preparation of public datasets (DUTS-Single, augmented VOC)."""
