@@ -1,0 +1,149 @@
+"""Training datasets: box-supervised crops and salient crops, mixed by :class:`MixedBatchSampler`.
+
+Every sample is produced from ``(index, seed)`` alone (``seed`` comes from the sampler and
+depends only on the sample's position in the global stream), so a run is reproducible and
+resumable whatever the number of DataLoader workers.
+
+A sample is a dict:
+
+* ``image``: uint8 [3, S, S] RGB (normalisation happens on the device, see
+  :func:`boxcaseg.data.transforms.normalize`);
+* ``box``: float32 [4] XYXY in crop pixel coordinates (the MIL target);
+* ``mask``: float32 [1, S, S] (the salient ground truth; zeros for box samples);
+* ``is_salient``: bool.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from boxcaseg.data.coco import BoxAnnotation, CocoData, ImageEntry
+from boxcaseg.data.crops import augmented_box_crop, salient_box, salient_crop
+from boxcaseg.data.sampler import BOX, SALIENT, SampleRef
+from boxcaseg.errors import DataError
+from boxcaseg.io import read_image_rgb
+
+log = logging.getLogger(__name__)
+
+
+class SalientSource(Protocol):
+    """What :class:`SalientCropDataset` needs (``boxcaseg.data.salient.SalientFolder``)."""
+
+    def __len__(self) -> int: ...
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class ImageCache:
+    """Keep decoded images in memory until ``limit_bytes`` is used (per process / worker)."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit = int(limit_bytes)
+        self.used = 0
+        self._items: dict[Any, Any] = {}
+
+    def get(self, key: Any, load: Any) -> Any:
+        if key in self._items:
+            return self._items[key]
+        value = load()
+        size = sum(a.nbytes for a in value) if isinstance(value, tuple) else value.nbytes
+        if self.used + size <= self.limit:
+            self._items[key] = value
+            self.used += size
+        return value
+
+
+def _sample(image: np.ndarray, box: tuple[float, ...], mask: np.ndarray | None,
+            salient: bool) -> dict[str, Any]:
+    img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous()
+    s = image.shape[0]
+    m = (torch.from_numpy(mask).float()[None] if mask is not None
+         else torch.zeros(1, s, image.shape[1], dtype=torch.float32))
+    return {"image": img, "box": torch.tensor(box, dtype=torch.float32), "mask": m,
+            "is_salient": salient}
+
+
+class BoxCropDataset:
+    """Every non-crowd box of a COCO set is one sample: jittered crop resized to ``S x S``."""
+
+    def __init__(self, coco: CocoData, crop_size: int = 288, augment: bool = True,
+                 cache_bytes: int = 0) -> None:
+        self.coco = coco
+        self.crop_size = int(crop_size)
+        self.augment = augment
+        self.items: list[tuple[ImageEntry, BoxAnnotation]] = []
+        crowd = 0
+        for im in coco.images:
+            for ann in im.annotations:
+                if ann.iscrowd:
+                    crowd += 1
+                    continue
+                if im.path is None:
+                    raise DataError(f"{coco.source}: no image root given, cannot read image "
+                                    f"{im.id} ({im.file_name})")
+                self.items.append((im, ann))
+        if crowd:
+            log.info("%s: %d crowd annotations left out of training", coco.source, crowd)
+        needed = sum(im.width * im.height * 3 for im in {id(e): e for e, _ in self.items}.values())
+        # Cache only when the whole decoded set fits: a partial cache just wastes memory.
+        self._cache = ImageCache(cache_bytes if needed <= cache_bytes else 0)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def get(self, index: int, seed: int) -> dict[str, Any]:
+        im, ann = self.items[index]
+        image = self._cache.get(im.id, lambda: read_image_rgb(im.path))  # type: ignore[arg-type]
+        if image.shape[:2] != (im.height, im.width):
+            raise DataError(f"{im.path}: image is {image.shape[1]}x{image.shape[0]} on disk but "
+                            f"{im.width}x{im.height} in {self.coco.source}")
+        rng = np.random.default_rng(seed)
+        crop, box = augmented_box_crop(image, ann.box, self.crop_size, rng, self.augment)
+        return _sample(crop, box, None, salient=False)
+
+
+class SalientCropDataset:
+    """Salient images: resize, random crop, flip; MIL box = tight box of the cropped mask."""
+
+    def __init__(self, folder: SalientSource, resize: int = 320, crop_size: int = 288,
+                 flip: bool = True, cache_bytes: int = 0, retries: int = 10) -> None:
+        self.folder = folder
+        self.resize, self.crop_size, self.flip = int(resize), int(crop_size), flip
+        self.retries = retries
+        self._cache = ImageCache(cache_bytes)
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def get(self, index: int, seed: int) -> dict[str, Any]:
+        image, mask = self._cache.get(index, lambda: self.folder.load(index))
+        rng = np.random.default_rng(seed)
+        # A random crop can miss a small object entirely; redraw (deterministically) a few
+        # times. An empty crop is still a valid sample (all bags negative, all pixels 0).
+        for _ in range(self.retries):
+            crop, cmask = salient_crop(image, mask, self.resize, self.crop_size, rng, self.flip)
+            if cmask.any():
+                break
+        return _sample(crop, salient_box(cmask), cmask, salient=True)
+
+
+class MixedDataset(Dataset):
+    """Map-style dataset indexed by :class:`SampleRef` ``(source, index, seed)``."""
+
+    def __init__(self, box: BoxCropDataset | None, salient: SalientCropDataset | None) -> None:
+        self.sources = {BOX: box, SALIENT: salient}
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self.sources.values() if d is not None)
+
+    def __getitem__(self, ref: SampleRef) -> dict[str, Any]:
+        source, index, seed = ref
+        ds = self.sources[source]
+        if ds is None:
+            raise KeyError(f"no {source} dataset")
+        return ds.get(index, seed)

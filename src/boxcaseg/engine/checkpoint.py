@@ -1,0 +1,76 @@
+"""Training checkpoints: one ``torch.save`` dict, written atomically, loadable with ``weights_only``.
+
+Keys (``load_boxcaseg`` needs only the first two):
+
+* ``model``: the network's ``state_dict`` (never the DDP wrapper's: no ``module.`` prefix);
+* ``model_config``: ``boxcaseg.config.to_dict(ModelConfig)``;
+* ``train_config``: ``to_dict(TrainConfig)``;
+* ``optimizer``, ``scheduler``, ``scaler``, ``sampler``: their ``state_dict()``;
+* ``step``: optimizer steps done; ``rng``: Python / NumPy / torch / CUDA generator states.
+
+Everything is plain containers, numbers, strings and tensors, so ``torch.load(...,
+weights_only=True)`` reads it (no pickled code).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from boxcaseg.errors import DataError
+from boxcaseg.io import atomic_write
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """``torch.save(state)`` to a temp file then rename: a crash never leaves a torn file."""
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
+                    ) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for torn / foreign files
+        raise DataError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict) or "model" not in state:
+        raise DataError(f"{path}: not a boxcaseg checkpoint (no 'model' entry)")
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global generator's state, in weights_only-safe types."""
+    np_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"bit_generator": np_state["bit_generator"],
+                  "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]),
+                  "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": n["bit_generator"],
+                         "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)

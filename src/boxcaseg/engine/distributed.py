@@ -1,0 +1,80 @@
+"""Process-group setup from ``torchrun`` environment variables; single process without them.
+
+``torchrun --nproc_per_node=N -m boxcaseg.cli train ...`` sets ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; we then join the group (NCCL on CUDA, Gloo
+on CPU) and each process drives one device. Rank 0 alone logs and writes files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # we created the process group, so we destroy it
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
+    """``"auto"`` -> ``cuda:<local_rank>`` when CUDA is usable, else CPU."""
+    if pref == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if pref == "cuda":
+        return torch.device(f"cuda:{local_rank}")
+    return torch.device(pref)
+
+
+def init_distributed(device_pref: str = "auto") -> DistInfo:
+    """Join the process group described by the environment, or run single-process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    device = resolve_device(device_pref, local)
+    if world <= 1:
+        return DistInfo(0, 1, 0, device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    owns = False
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                rank=rank, world_size=world)
+        owns = True
+    return DistInfo(rank, world, local, device, owns)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed and dist.is_initialized():
+        if info.device.type == "cuda":
+            dist.barrier(device_ids=[info.device.index or 0])
+        else:
+            dist.barrier()
+
+
+def all_finite(flag: bool, info: DistInfo) -> bool:
+    """True iff ``flag`` is true on every rank (so all ranks stop together on a NaN)."""
+    if not info.distributed:
+        return flag
+    t = torch.tensor([1 if flag else 0], device=info.device, dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
