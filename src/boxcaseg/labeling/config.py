@@ -1,0 +1,67 @@
+"""Auto-labeler settings (paper Sec. 3.4 and Sec. 4 "Implementation details").
+
+Paper defaults: each GT box is cropped from its image (no context) and resized to 320x320;
+masks are merged with "smaller object better" and dropped below a proxy box agreement of 0.95
+(Tab. 8, the best COCO threshold).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from boxcaseg.errors import ConfigError
+
+METHODS = ("boxcaseg", "grabcut", "box")
+
+
+@dataclass
+class LabelConfig:
+    # --- geometry -------------------------------------------------------------------------
+    crop_size: int = 320          # paper: every box crop is resized to 320 x 320
+    context: float = 0.0          # margin added on each side, as a fraction of box w/h (0 = box)
+    threshold: float = 0.5        # probability -> mask
+    # --- merge and drop (Sec. 3.4) --------------------------------------------------------
+    merge: bool = True            # "smaller object better"
+    drop: bool = True             # "proxy box agreement"
+    drop_iou: float = 0.95        # keep a mask iff IoU(tight box of mask, snapped GT box) >= this
+    # --- inference ------------------------------------------------------------------------
+    batch_size: int = 16          # crops per forward pass (measured: see bench/results_label.md)
+    alpha: float | None = None    # fusion weight of the salient head; None = as trained
+    device: str = "auto"          # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
+    channels_last: bool = True    # NHWC convolutions: faster on CPU (oneDNN) and tensor cores
+    jit: bool = True              # torch.jit.trace + freeze the predict graph (fused conv+bn+act)
+    fuse: bool = False            # re-associated BoxCaseg inference graph (labeling/predict.py
+    #                               # FusedProba; exact, verified against predict_proba;
+    #                               # not measurably faster on this CPU, so off by default)
+    precision: str = "auto"       # "fp32", "bf16" (autocast) or "auto": bf16 where the hardware
+    #                               # has native bf16 matmul (AVX512-BF16/AMX CPUs, Ampere+ GPUs)
+    native_resolution: bool = True  # predict at the model's output resolution and resample only
+    #                               # the box's own pixels (instead of upsampling to crop_size)
+    grabcut_iters: int = 5        # cv2.grabCut iterations for the GrabCut baseline
+    # --- bookkeeping ----------------------------------------------------------------------
+    chunk_images: int = 8         # images per progress-sidecar flush (resume granularity)
+
+    def validate(self) -> None:
+        if not 16 <= self.crop_size <= 2048:
+            raise ConfigError(f"crop_size must be in [16, 2048], got {self.crop_size}")
+        if not 0.0 <= self.context <= 2.0:
+            raise ConfigError(f"context must be a margin fraction in [0, 2], got {self.context}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"threshold must be in (0, 1), got {self.threshold}")
+        if not 0.0 <= self.drop_iou <= 1.0:
+            raise ConfigError(f"drop_iou must be in [0, 1], got {self.drop_iou}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.alpha is not None and not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"alpha must be in [0, 1] or null, got {self.alpha}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.grabcut_iters < 1:
+            raise ConfigError(f"grabcut_iters must be >= 1, got {self.grabcut_iters}")
+        if self.chunk_images < 1:
+            raise ConfigError(f"chunk_images must be >= 1, got {self.chunk_images}")
+
+    def __post_init__(self) -> None:
+        self.validate()

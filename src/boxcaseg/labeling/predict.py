@@ -1,0 +1,366 @@
+"""Batched box crops -> BoxCaseg probabilities -> masks pasted back into the image.
+
+Geometry (pixel-edge coordinates, ``boxcaseg.structures``): pixel ``j`` spans ``[j, j+1)`` with
+its centre at ``j + 0.5``. A box's *crop region* is the box grown by ``cfg.context`` of its
+width/height on every side. ``roi_align(aligned=True)`` samples that region on a
+``crop_size x crop_size`` grid whose cell centres are at ``X1 + (u + 0.5) * (X2 - X1) / S``.
+Pasting inverts that map exactly: every pixel the box covers (``snap_box``: centres inside the
+box) reads the probability map at its centre with ``grid_sample(align_corners=False)``, which
+uses the same cell-centre convention at any map resolution. So the model may answer at its
+feature resolution (``cfg.native_resolution``) and only the box's own pixels are upsampled.
+
+Speed (CPU): crops of many images are batched into one forward pass, under
+``torch.inference_mode``, in ``channels_last`` memory format, through a graph traced and frozen
+with TorchScript (conv+bn folding, fused activations); see bench/results_label.md.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import warnings
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import roi_align
+
+from boxcaseg.data.transforms import normalize
+from boxcaseg.errors import ConfigError
+from boxcaseg.labeling.config import LabelConfig
+from boxcaseg.structures import snap_box
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``precision`` (None = plain fp32)."""
+    if name == "fp32":
+        return None
+    if name == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    try:  # native bf16 dot products (AVX512-BF16 / AMX); emulated bf16 would be slower
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def crop_regions(boxes_xyxy: np.ndarray, context: float) -> np.ndarray:
+    """XYXY boxes [K, 4] grown by ``context`` x (width, height) on each side -> [K, 4] float64."""
+    b = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    if context == 0:
+        return b.copy()
+    w = (b[:, 2] - b[:, 0])[:, None]
+    h = (b[:, 3] - b[:, 1])[:, None]
+    grow = np.concatenate([-w, -h, w, h], axis=1) * context
+    return b + grow
+
+
+def image_to_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """RGB uint8 [H, W, 3] -> float [1, 3, H, W] (0..255, not yet normalised) on ``device``."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an RGB uint8 [H, W, 3] image, got {image.dtype} {image.shape}")
+    t = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None]
+    return t.float()
+
+
+def crop_boxes(image_t: torch.Tensor, regions: np.ndarray, size: int) -> torch.Tensor:
+    """Image [1, 3, H, W] (0..255) and crop regions [K, 4] -> normalised crops [K, 3, S, S].
+
+    Matches the training crops (``boxcaseg.data.crops``): the same cell-centre map, one
+    bilinear sample per output pixel (``sampling_ratio=1``) and black outside the image
+    (cropping happens before normalisation).
+    """
+    rois = torch.as_tensor(regions, dtype=image_t.dtype, device=image_t.device).reshape(-1, 4)
+    crops = roi_align(image_t, [rois], output_size=(size, size), spatial_scale=1.0,
+                      sampling_ratio=1, aligned=True)
+    return normalize(crops)
+
+
+def paste_probs(probs: torch.Tensor, boxes_xyxy: np.ndarray, regions: np.ndarray,
+                height: int, width: int, threshold: float) -> np.ndarray:
+    """Probability maps [K, 1, h, w] of crop regions -> bool masks [K, H, W] inside the boxes.
+
+    Only the pixels each box covers (``snap_box``, clipped to the image) are sampled, so a
+    mask never leaks outside its box.
+    """
+    k = probs.shape[0]
+    masks = np.zeros((k, height, width), dtype=bool)
+    probs = probs.float()
+    for i in range(k):  # tiny per-box resampling ops; the model already ran batched
+        c0, r0, c1, r1 = snap_box(boxes_xyxy[i], height, width)
+        if c1 <= c0 or r1 <= r0:
+            continue
+        x1, y1, x2, y2 = (float(v) for v in regions[i])
+        gx = (torch.arange(c0, c1, dtype=torch.float64) + 0.5 - x1) / (x2 - x1) * 2 - 1
+        gy = (torch.arange(r0, r1, dtype=torch.float64) + 0.5 - y1) / (y2 - y1) * 2 - 1
+        grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)
+        grid = grid.to(dtype=probs.dtype, device=probs.device)[None]
+        p = F.grid_sample(probs[i:i + 1], grid, mode="bilinear", padding_mode="border",
+                          align_corners=False)
+        masks[i, r0:r1, c0:c1] = (p[0, 0] >= threshold).cpu().numpy()
+    return masks
+
+
+class _ProbaModule(nn.Module):
+    """``x -> model.predict_proba(x, **kwargs)`` as a plain forward, so it can be traced."""
+
+    def __init__(self, model: nn.Module, kwargs: dict[str, Any]):
+        super().__init__()
+        self.model = model
+        self.kwargs = kwargs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.predict_proba(x, **self.kwargs)
+
+
+def _fold_bn(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """conv1x1 (no bias) followed by eval-mode BN -> one conv1x1 weight and bias."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return weight * scale.view(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
+
+
+class FusedProba(nn.Module):
+    """``BoxCaseg.predict_proba(x, out_size=None)`` re-associated for inference (exact algebra).
+
+    The BoxCaseg backbone upsamples every feature level to the finest stride and concatenates
+    them; each pixel head starts with a 1x1 conv on that (for tf_efficientnet_lite0: 512
+    channels at stride 2). A 1x1 conv commutes with bilinear upsampling (both are linear, one
+    across channels, the other across pixels), so here each level is convolved at its *own*
+    resolution and only the conv outputs are upsampled and summed. The salient and transferred
+    heads' first convs are stacked into one, eval-mode BN is folded into them, the transferred
+    head's generated weights are computed once, and both second convs run as one grouped conv.
+    ``BoxcasegPredictor`` checks the result against ``predict_proba`` before using it.
+    """
+
+    def __init__(self, model: nn.Module, alpha: float | None):
+        super().__init__()
+        body = model.backbone.body
+        self.body = body
+        self.level_channels = list(model.backbone.level_channels)
+        names = model.fused_heads()
+        w1s, b1s, w2s, b2s = [], [], [], []
+        with torch.no_grad():
+            for name in names:
+                if name == "transferred":
+                    w1, w2, b2 = model.transferred.generate(model.weak)
+                    bn = model.transferred.bn
+                else:
+                    head = getattr(model, name)
+                    w1, w2, b2, bn = head.conv1.weight, head.conv2.weight, head.conv2.bias, head.bn
+                w1, b1 = _fold_bn(w1, bn)
+                w1s.append(w1)
+                b1s.append(b1)
+                w2s.append(w2)
+                b2s.append(b2 if b2 is not None else torch.zeros(1, device=w2.device))
+            w1 = torch.cat(w1s)
+        self.n_heads = len(names)
+        self.splits = nn.ParameterList(
+            nn.Parameter(part.clone(), requires_grad=False)
+            for part in torch.split(w1, self.level_channels, dim=1))
+        self.b1 = nn.Parameter(torch.cat(b1s).clone(), requires_grad=False)
+        self.w2 = nn.Parameter(torch.cat(w2s).clone(), requires_grad=False)
+        self.b2 = nn.Parameter(torch.cat(b2s).clone(), requires_grad=False)
+        self.alpha = float(model.alpha if alpha is None else alpha)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.body(x)
+        ref = max(range(len(feats)), key=lambda i: feats[i].shape[-1] * feats[i].shape[-2])
+        size = feats[ref].shape[-2:]
+        y = F.conv2d(feats[ref], self.splits[ref], self.b1)
+        for i, (f, w) in enumerate(zip(feats, self.splits)):
+            if i != ref:
+                z = F.conv2d(f, w)
+                if z.shape[-2:] != size:
+                    z = F.interpolate(z, size=size, mode="bilinear", align_corners=False)
+                y = y + z
+        logits = F.conv2d(F.relu(y), self.w2, self.b2, groups=self.n_heads)
+        if self.n_heads == 2:
+            return (self.alpha * torch.sigmoid(logits[:, :1])
+                    + (1 - self.alpha) * torch.sigmoid(logits[:, 1:]))
+        return torch.sigmoid(logits)
+
+
+class BoxcasegPredictor:
+    """A BoxCaseg model prepared for batched box-crop inference with a ``LabelConfig``.
+
+    ``model`` needs ``predict_proba(x [N,3,S,S] normalised, out_size=None|(h,w)) -> [N,1,h,w]``
+    probabilities (and an ``alpha=`` keyword if ``cfg.alpha`` is set).
+    """
+
+    def __init__(self, model: nn.Module, cfg: LabelConfig):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.model = model.to(self.device).eval()
+        kwargs: dict[str, Any] = {}
+        params = inspect.signature(model.predict_proba).parameters
+        if not cfg.native_resolution:
+            kwargs["out_size"] = (cfg.crop_size, cfg.crop_size)
+        elif "out_size" in params:
+            kwargs["out_size"] = None
+        if cfg.alpha is not None:
+            if "alpha" not in params:
+                raise ConfigError(f"alpha={cfg.alpha} given but {type(model).__name__}"
+                                  ".predict_proba takes no alpha")
+            kwargs["alpha"] = float(cfg.alpha)
+        self.memory_format = (torch.channels_last if cfg.channels_last
+                              else torch.contiguous_format)
+        self.model = self.model.to(memory_format=self.memory_format)
+        self.autocast_dtype = resolve_precision(cfg.precision, self.device)
+        self.fn: nn.Module | torch.jit.ScriptModule = _ProbaModule(self.model, kwargs).eval()
+        self.jit_used = False
+        self.fused_used = False
+        if cfg.fuse and kwargs.get("out_size", "x") is None:
+            self._try_fuse()
+        if cfg.jit:
+            self._try_jit()
+
+    def _example(self, n: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(n, 3, self.cfg.crop_size, self.cfg.crop_size, generator=g)
+        return x.to(self.device).contiguous(memory_format=self.memory_format)
+
+    def _try_fuse(self) -> None:
+        """Use ``FusedProba`` if it can be built and matches ``predict_proba`` (fp32)."""
+        try:
+            fused = FusedProba(self.model, self.cfg.alpha).to(self.device).eval()
+            fused = fused.to(memory_format=self.memory_format)
+            with torch.no_grad():
+                x = self._example(2)
+                ok = torch.allclose(fused(x), self.fn(x), atol=1e-4)
+        except Exception as e:  # noqa: BLE001 - an unexpected model layout: run it as it is
+            log.info("fused inference graph not used (%s: %s)", type(e).__name__, e)
+            return
+        if not ok:
+            log.warning("fused inference graph disagrees with predict_proba; not used")
+            return
+        self.fn = fused
+        self.fused_used = True
+
+    def _autocast(self) -> Any:
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype,
+                              enabled=self.autocast_dtype is not None)
+
+    def _try_jit(self) -> None:
+        """Trace + freeze (under autocast: the casts are baked into the graph); keep the graph
+        only if it matches eager on another batch size."""
+        eager = self.fn
+        tol = 1e-4
+        try:
+            with torch.inference_mode(False), torch.no_grad(), self._autocast(), \
+                    warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # trace/freeze "deprecated"
+                # python-level shape logic gets baked in; the batch-size check below guards it
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                traced = torch.jit.trace(eager, self._example(2), check_trace=False)
+                frozen = torch.jit.freeze(traced.eval())
+                check = self._example(1)
+                diff = (frozen(check).float() - eager(check).float()).abs()
+                # bf16: rounding differs between the fused graph and eager autocast; require
+                # agreement on average and no gross outlier
+                ok = bool(diff.max() <= tol) if self.autocast_dtype is None else bool(
+                    diff.mean() <= 5e-3 and diff.max() <= 0.1)
+                if not ok:
+                    log.info("trace check: max |diff| %.4g, mean %.4g", float(diff.max()),
+                             float(diff.mean()))
+        except Exception as e:  # noqa: BLE001 - any tracing problem means: run eager
+            log.warning("TorchScript trace/freeze failed (%s: %s); running eager",
+                        type(e).__name__, e)
+            return
+        if not ok:
+            log.warning("traced model disagrees with eager on a different batch size; "
+                        "running eager")
+            return
+        self.fn = frozen
+        self.jit_used = True
+        # TorchScript's profiling executor optimises the graph during its first runs; do them
+        # here so they count as setup, not as labeling time.
+        with torch.inference_mode():
+            for _ in range(2):
+                frozen(self._example(min(self.cfg.batch_size, 4)))
+
+    @torch.inference_mode()
+    def predict_crops(self, crops: torch.Tensor) -> torch.Tensor:
+        """Normalised crops [N, 3, S, S] -> probabilities [N, 1, h, w], in batches."""
+        outs = []
+        for i in range(0, crops.shape[0], self.cfg.batch_size):
+            x = crops[i:i + self.cfg.batch_size].contiguous(memory_format=self.memory_format)
+            if self.jit_used:
+                outs.append(self.fn(x).float())
+            else:
+                with self._autocast():
+                    outs.append(self.fn(x).float())
+        if not outs:
+            return torch.zeros(0, 1, self.cfg.crop_size, self.cfg.crop_size)
+        return torch.cat(outs)
+
+    @torch.inference_mode()
+    def predict_images(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]
+                       ) -> list[np.ndarray]:
+        """RGB uint8 images and their XYXY boxes [K_i, 4] -> bool masks [K_i, H_i, W_i].
+
+        The crops of all the images go through the model together (``cfg.batch_size`` per
+        forward pass), so images with few boxes still fill the batches.
+        """
+        cfg = self.cfg
+        crops, regions = [], []
+        for image, b in zip(images, boxes):
+            b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+            r = crop_regions(b, cfg.context)
+            regions.append(r)
+            if len(b):
+                crops.append(crop_boxes(image_to_tensor(image, self.device), r, cfg.crop_size))
+        probs = (self.predict_crops(torch.cat(crops)) if crops
+                 else torch.zeros(0, 1, cfg.crop_size, cfg.crop_size))
+        out, start = [], 0
+        for image, b, r in zip(images, boxes, regions):
+            k = len(r)
+            h, w = image.shape[:2]
+            out.append(paste_probs(probs[start:start + k], np.asarray(b, dtype=np.float64)
+                                   .reshape(-1, 4), r, h, w, cfg.threshold))
+            start += k
+        return out
+
+
+_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, BoxcasegPredictor]]" = (
+    weakref.WeakKeyDictionary())
+
+
+def get_predictor(model: nn.Module | BoxcasegPredictor, cfg: LabelConfig) -> BoxcasegPredictor:
+    """A (cached per model and config) predictor, so repeated calls do not re-trace."""
+    if isinstance(model, BoxcasegPredictor):
+        return model
+    key = tuple(sorted(vars(cfg).items()))
+    hit = _CACHE.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    pred = BoxcasegPredictor(model, cfg)
+    _CACHE[model] = (key, pred)
+    return pred
+
+
+def predict_masks(model: nn.Module | BoxcasegPredictor, image: np.ndarray, boxes: np.ndarray,
+                  cfg: LabelConfig | None = None) -> np.ndarray:
+    """BoxCaseg masks of the boxes of one image (no merge/drop).
+
+    image: RGB uint8 [H, W, 3]; boxes: XYXY [K, 4] in pixels. Returns bool [K, H, W], each
+    mask confined to the pixels its box covers.
+    """
+    cfg = cfg or LabelConfig()
+    return get_predictor(model, cfg).predict_images([image], [boxes])[0]
