@@ -1,0 +1,50 @@
+"""``boxcaseg train-maskrcnn``: train the Proxy Mask R-CNN on boxes + proxy masks (Sec. 3.4).
+
+Examples:
+
+    boxcaseg train-maskrcnn --config configs/maskrcnn_demo_cpu.yaml
+    boxcaseg train-maskrcnn --config configs/maskrcnn_voc_r101.yaml train_json=my_masks.json
+    boxcaseg train-maskrcnn --config configs/maskrcnn_voc_r101.yaml --resume   # OUT/last.pt
+    torchrun --nproc_per_node=8 -m boxcaseg.cli train-maskrcnn --config configs/maskrcnn_coco_r101.yaml
+
+Annotations flagged ``"ignore_mask": true`` train the box/class branches but not the mask
+loss; crowd annotations and annotations without a segmentation are not trained on. Writes
+OUT/last.pt (resumable), OUT/final.pt (for ``boxcaseg predict``), OUT/config.yaml, OUT/tb
+(TensorBoard) and, with val_json, OUT/metrics.json + OUT/val_results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from boxcaseg.config import load_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (parser.description or "") + "\n\n" + __doc__.split("\n\n", 1)[1]
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--config", help="YAML file with MaskRCNNConfig keys "
+                                         "(defaults: maskrcnn-benchmark's)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides, e.g. lr=0.01 max_iters=1000 min_size=[480,512]")
+    parser.add_argument("--out", help="output directory (overrides out_dir)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+
+
+def run(args: argparse.Namespace) -> int:
+    from boxcaseg.maskrcnn.config import MaskRCNNConfig
+    from boxcaseg.maskrcnn.train import train_maskrcnn
+
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"out_dir={args.out}")
+    cfg = load_config(MaskRCNNConfig, args.config, overrides)
+    result = train_maskrcnn(cfg, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"final checkpoint: {result['checkpoint']}")
+        if result["metrics"] is not None:
+            print(f"metrics:          {os.path.join(cfg.out_dir, 'metrics.json')}")
+            print(json.dumps({k: result["metrics"][k] for k in ("segm", "voc")}))
+    return 0
