@@ -10,7 +10,7 @@
   Tab. 8 (0, .75, .85, .9, .95): drop rate and quality of the kept masks.
 
 Writes a markdown section to ``bench/results_label.md``. Without ``--checkpoint`` a quick model
-is trained with ``configs/boxcaseg_demo_cpu.yaml`` (``--train-steps`` steps).
+is trained with ``src/boxcaseg/configs/boxcaseg_demo_cpu.yaml`` (``--train-steps`` steps).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def ensure_checkpoint(args: argparse.Namespace, data_dir: Path) -> Path:
     final = out_dir / "final.pt"
     if final.exists():
         return final
-    cfg = load_config(TrainConfig, ROOT / "configs" / "boxcaseg_demo_cpu.yaml", [
+    cfg = load_config(TrainConfig, ROOT / "src" / "boxcaseg" / "configs" / "boxcaseg_demo_cpu.yaml", [
         f"salient_root={data_dir / 'salient'}", f"boxes_json={data_dir / 'boxes' / 'train.json'}",
         f"images_root={data_dir / 'boxes' / 'images'}", f"out_dir={out_dir}",
         f"max_steps={args.train_steps}", "num_workers=0"])

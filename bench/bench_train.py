@@ -79,7 +79,7 @@ def backbone_of(model: torch.nn.Module) -> torch.nn.Module:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=str(ROOT / "configs" / "boxcaseg_demo_cpu.yaml"))
+    p.add_argument("--config", default=str(ROOT / "src" / "boxcaseg" / "configs" / "boxcaseg_demo_cpu.yaml"))
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.add_argument("--steps", type=int, default=10, help="timed steps per round and kind")
     p.add_argument("--rounds", type=int, default=3)

@@ -202,3 +202,39 @@ def test_rle_and_polygon_masks_round_trip_through_pycocotools(tmp_path):
         assert np.array_equal(ours, theirs)
         assert ours.any()
     assert np.array_equal(segmentation_to_mask(data.images[0].annotations[0].segmentation, h, w), m)
+
+
+def test_duplicate_category_id(tmp_path):
+    d = base()
+    d["categories"].append({"id": 5, "name": "wolf"})
+    with pytest.raises(DataError, match="duplicate category id 5"):
+        load_coco(write(tmp_path, d))
+
+
+@pytest.mark.parametrize("bad", [[1, 2, float("inf"), 4], [1, 2, True, 4], [1, None, 3, 4]])
+def test_non_finite_or_boolean_bbox_values(tmp_path, bad):
+    with pytest.raises(DataError, match=r"annotation 99.*malformed bbox"):
+        parse_coco(with_ann(bbox=bad), "mem.json")
+
+
+@pytest.mark.parametrize("key", ["images", "annotations", "categories"])
+def test_non_object_entries_name_the_list_and_index(tmp_path, key):
+    d = base()
+    d[key].append(["not", "an", "object"])
+    with pytest.raises(DataError, match=rf"{key}\[\d+\] must be a JSON object"):
+        load_coco(write(tmp_path, d))
+
+
+@pytest.mark.parametrize("where,value", [("image", "x1"), ("annotation", 10.5),
+                                         ("category", True)])
+def test_non_integer_ids_are_data_errors(tmp_path, where, value):
+    d = base()
+    {"image": d["images"][0], "annotation": d["annotations"][0],
+     "category": d["categories"][1]}[where]["id"] = value
+    with pytest.raises(DataError, match="must be an integer"):
+        load_coco(write(tmp_path, d))
+
+
+def test_check_images_without_a_root_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="image_root"):
+        load_coco(write(tmp_path, base()), check_images=True)

@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(f"boxcaseg.commands.{module_name}")
     sub = argparse.ArgumentParser(prog=f"boxcaseg {ns.command}", description=help_text)
     module.add_arguments(sub)
-    args = sub.parse_args(argv[idx + 1:])
+    # intermixed, so KEY=VALUE overrides may come before or after --options; commands with
+    # their own sub-commands (prepare) cannot be parsed that way and need no overrides
+    has_subcommands = any(isinstance(a, argparse._SubParsersAction) for a in sub._actions)
+    args = (sub.parse_args if has_subcommands else sub.parse_intermixed_args)(argv[idx + 1:])
     try:
         return int(module.run(args) or 0)
     except BoxcasegError as e:

@@ -2,9 +2,9 @@
 
 Examples:
 
-    boxcaseg train --config configs/boxcaseg_demo_cpu.yaml
-    boxcaseg train --config configs/boxcaseg_demo_cpu.yaml lr=0.01 model.heads=[weak] --out runs/weak
-    boxcaseg train --config configs/boxcaseg_demo_cpu.yaml --resume        # continue last.pt
+    boxcaseg train --config src/boxcaseg/configs/boxcaseg_demo_cpu.yaml
+    boxcaseg train --config src/boxcaseg/configs/boxcaseg_demo_cpu.yaml lr=0.01 model.heads=[weak] --out runs/weak
+    boxcaseg train --config src/boxcaseg/configs/boxcaseg_demo_cpu.yaml --resume        # continue last.pt
     torchrun --nproc_per_node=2 -m boxcaseg.cli train --config my.yaml    # DDP, 16 per GPU
 """
 

@@ -2,7 +2,7 @@
 
 Examples:
 
-    boxcaseg train-maskrcnn --config configs/maskrcnn_demo_cpu.yaml
+    boxcaseg train-maskrcnn --config src/boxcaseg/configs/maskrcnn_demo_cpu.yaml
     boxcaseg train-maskrcnn --config configs/maskrcnn_voc_r101.yaml train_json=my_masks.json
     boxcaseg train-maskrcnn --config configs/maskrcnn_voc_r101.yaml --resume   # OUT/last.pt
     torchrun --nproc_per_node=8 -m boxcaseg.cli train-maskrcnn --config configs/maskrcnn_coco_r101.yaml

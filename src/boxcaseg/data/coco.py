@@ -6,7 +6,10 @@ field, and exposes a validated, typed view (``CocoData.images``) for the stages:
 * unknown ``category_id`` / missing ``image_id`` / missing keys -> ``DataError`` naming the
   file and annotation id;
 * a box sticking out of its image -> clipped, counted in ``report["clipped_box"]``, warned;
-* zero or negative size boxes (after clipping) -> skipped, listed in ``skipped``, warned;
+* zero or negative width/height in the file, or a box lying wholly outside its image ->
+  skipped, listed in ``skipped`` with the reason, counted in ``report``, warned;
+* malformed entries (not an object, non-integer ids, non-finite or boolean box values,
+  duplicate image / annotation / category ids) -> ``DataError``;
 * ``iscrowd`` annotations stay in the view (``BoxAnnotation.iscrowd``); training excludes them
   and evaluation handles them as COCO does.
 """
@@ -14,6 +17,7 @@ field, and exposes a validated, typed view (``CocoData.images``) for the stages:
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -70,6 +74,26 @@ def _require(obj: dict[str, Any], keys: tuple[str, ...], what: str, source: str)
         raise DataError(f"{source}: {what} is missing key(s) {missing}")
 
 
+def _int_id(value: Any, what: str, source: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise DataError(f"{source}: {what} must be an integer, got {value!r}")
+    try:
+        as_float = float(value)
+    except ValueError:
+        raise DataError(f"{source}: {what} must be an integer, got {value!r}") from None
+    if not math.isfinite(as_float) or as_float != int(as_float):
+        raise DataError(f"{source}: {what} must be an integer, got {value!r}")
+    return int(as_float)
+
+
+def _objects(data: dict[str, Any], key: str, source: str) -> list[dict[str, Any]]:
+    for i, entry in enumerate(data[key]):
+        if not isinstance(entry, dict):
+            raise DataError(f"{source}: {key}[{i}] must be a JSON object, got "
+                            f"{type(entry).__name__}")
+    return data[key]
+
+
 def parse_coco(data: Any, source: str = "<memory>", image_root: str | os.PathLike | None = None,
                check_images: bool = False) -> CocoData:
     if not isinstance(data, dict):
@@ -79,17 +103,24 @@ def parse_coco(data: Any, source: str = "<memory>", image_root: str | os.PathLik
             raise DataError(f"{source}: missing top-level key '{key}'")
         if not isinstance(data[key], list):
             raise DataError(f"{source}: '{key}' must be a list")
+    if check_images and image_root is None:
+        raise ValueError("check_images=True needs image_root (where the images are)")
     categories: dict[int, str] = {}
-    for c in data["categories"]:
+    for c in _objects(data, "categories", source):
         _require(c, ("id",), "a category", source)
-        categories[int(c["id"])] = str(c.get("name", c["id"]))
+        cid = _int_id(c["id"], "category id", source)
+        if cid in categories:
+            raise DataError(f"{source}: duplicate category id {cid}")
+        categories[cid] = str(c.get("name", c["id"]))
     root = Path(image_root) if image_root is not None else None
     images: dict[int, ImageEntry] = {}
-    for im in data["images"]:
+    for im in _objects(data, "images", source):
         _require(im, ("id", "file_name", "width", "height"), f"image {im.get('id', '?')}", source)
-        if int(im["id"]) in images:
+        iid = _int_id(im["id"], "image id", source)
+        if iid in images:
             raise DataError(f"{source}: duplicate image id {im['id']}")
-        w, h = int(im["width"]), int(im["height"])
+        w = _int_id(im["width"], f"image {iid} width", source)
+        h = _int_id(im["height"], f"image {iid} height", source)
         if w <= 0 or h <= 0:
             raise DataError(f"{source}: image {im['id']} ({im['file_name']}) has size {w}x{h}")
         path = root / im["file_name"] if root is not None else None
@@ -98,28 +129,33 @@ def parse_coco(data: Any, source: str = "<memory>", image_root: str | os.PathLik
             if arr.shape[:2] != (h, w):
                 raise DataError(f"{source}: image {im['id']} ({path}) is {arr.shape[1]}x{arr.shape[0]} "
                                 f"on disk but {w}x{h} in the JSON")
-        images[int(im["id"])] = ImageEntry(int(im["id"]), str(im["file_name"]), path, w, h)
+        images[iid] = ImageEntry(iid, str(im["file_name"]), path, w, h)
     result = CocoData(source, data, list(images.values()), categories)
     seen: set[int] = set()
-    for a in data["annotations"]:
+    for a in _objects(data, "annotations", source):
         aid = a.get("id", "?")
         _require(a, ("id", "image_id", "category_id", "bbox"), f"annotation {aid}", source)
-        if int(a["id"]) in seen:
+        ann_id = _int_id(a["id"], "annotation id", source)
+        if ann_id in seen:
             raise DataError(f"{source}: duplicate annotation id {aid}")
-        seen.add(int(a["id"]))
-        if int(a["image_id"]) not in images:
+        seen.add(ann_id)
+        image_id = _int_id(a["image_id"], f"annotation {aid} image_id", source)
+        if image_id not in images:
             raise DataError(f"{source}: annotation {aid} refers to unknown image_id {a['image_id']}")
-        if int(a["category_id"]) not in categories:
+        category_id = _int_id(a["category_id"], f"annotation {aid} category_id", source)
+        if category_id not in categories:
             raise DataError(f"{source}: annotation {aid} has unknown category_id {a['category_id']}")
         bbox = a["bbox"]
         if (not isinstance(bbox, (list, tuple)) or len(bbox) != 4
-                or not all(isinstance(v, (int, float)) and v == v for v in bbox)):
-            raise DataError(f"{source}: annotation {aid} has malformed bbox {bbox!r}")
-        img = images[int(a["image_id"])]
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                           and math.isfinite(v) for v in bbox)):
+            raise DataError(f"{source}: annotation {aid} has malformed bbox {bbox!r} "
+                            "(need 4 finite numbers x, y, w, h)")
+        img = images[image_id]
         x1, y1, x2, y2 = xywh_to_xyxy(bbox)
         if bbox[2] <= 0 or bbox[3] <= 0:
             reason = f"zero or negative size box {list(bbox)}"
-            result.skipped.append((int(a["id"]), reason))
+            result.skipped.append((ann_id, reason))
             result.report["zero_size_box"] += 1
             log.warning("%s: annotation %s skipped: %s", source, aid, reason)
             continue
@@ -128,7 +164,7 @@ def parse_coco(data: Any, source: str = "<memory>", image_root: str | os.PathLik
         if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
             if cx2 <= cx1 or cy2 <= cy1:
                 reason = f"box {list(bbox)} lies outside the {img.width}x{img.height} image"
-                result.skipped.append((int(a["id"]), reason))
+                result.skipped.append((ann_id, reason))
                 result.report["box_outside_image"] += 1
                 log.warning("%s: annotation %s skipped: %s", source, aid, reason)
                 continue
@@ -136,7 +172,7 @@ def parse_coco(data: Any, source: str = "<memory>", image_root: str | os.PathLik
             log.warning("%s: annotation %s: box %s clipped to the %dx%d image", source, aid,
                         list(bbox), img.width, img.height)
         img.annotations.append(BoxAnnotation(
-            id=int(a["id"]), image_id=img.id, category_id=int(a["category_id"]),
+            id=ann_id, image_id=img.id, category_id=category_id,
             box=(cx1, cy1, cx2, cy2), iscrowd=bool(a.get("iscrowd", 0)),
             segmentation=a.get("segmentation") or None))
     result.report["images"] = len(result.images)
