@@ -124,21 +124,17 @@ def make_coco_scale_set(root: Path, n_images: int = 12, per_image: int = 7) -> P
 
 def quality(gt: dict, pred: dict, only_kept: bool = False) -> dict[str, float]:
     from boxcaseg.evaluation.instance_iou import mask_quality
-    q = mask_quality(gt, pred, only_kept=only_kept)
-    return q if isinstance(q, dict) else dataclasses.asdict(q)
+    return mask_quality(gt, pred, only_kept=only_kept)
 
 
-def _pick(q: dict, *names: str) -> float:
-    for n in names:
-        if n in q:
-            v = q[n]
-            return float(v) * (100.0 if float(v) <= 1.0 else 1.0)
-    return float("nan")
+def _pct(q: dict, name: str) -> float:
+    """mask_quality's fractions as percent; None (no instances scored) as nan."""
+    v = q.get(name)
+    return float("nan") if v is None else 100.0 * float(v)
 
 
 def quality_row(q: dict) -> str:
-    return (f"{_pick(q, 'miou_star', 'mIoU*'):.1f} | {_pick(q, 'iou50', 'iou_at_50', 'IoU@50'):.1f}"
-            f" | {_pick(q, 'iou75', 'iou_at_75', 'IoU@75'):.1f}")
+    return f"{_pct(q, 'miou_star'):.1f} | {_pct(q, 'iou50'):.1f} | {_pct(q, 'iou75'):.1f}"
 
 
 def with_threshold(pred: dict, thr: float) -> tuple[dict, float]:
@@ -194,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    load_at_start = os.getloadavg()[0]
     notes: list[str] = []
     crop_sizes = [int(c) for c in args.crop_sizes.split(",")]
     main_crop = crop_sizes[0]
@@ -293,9 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "## Labeling (bench/bench_label.py)", "",
         f"Command: `{cmd}`  ", f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, shared with other jobs while "
-        f"measured (timings are inflated by contention and noisy); torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads.  ",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, load average "
+        f"{load_at_start:.1f} at the start and {os.getloadavg()[0]:.1f} at the end (1 min); "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads. Compare ratios within "
+        "one run; absolute rates move with the load of this shared machine.  ",
         f"Model: {model_desc}.  ",
     ]
     if coco is not None:

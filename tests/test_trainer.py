@@ -233,3 +233,18 @@ def test_cli_train_with_overrides(tiny_data, tmp_path, capsys):
     assert ck["train_config"]["lr"] == 0.001 and ck["model_config"]["heads"] == ["weak"]
     assert main(["train", "--config", str(cfg_file), "bogus_key=1"]) == 1
     assert "bogus_key" in capsys.readouterr().err
+
+
+def test_adamw_option_is_used_and_learns(tiny_data, tmp_path):
+    cfg = tiny_cfg(tiny_data, tmp_path / "adamw", max_steps=20, lr=3e-3, optimizer="adamw")
+    final = train(cfg, progress=False)
+    ck = load_checkpoint(final)
+    # AdamW keeps two moment buffers per parameter (SGD with momentum keeps one)
+    assert {"exp_avg", "exp_avg_sq"} <= set(next(iter(ck["optimizer"]["state"].values())))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(tmp_path / "adamw" / "tb"))
+    acc.Reload()
+    total = [e.value for e in acc.Scalars("loss/total")]
+    assert np.mean(total[-4:]) < 0.8 * np.mean(total[:4]), total
+    with pytest.raises(ConfigError, match="optimizer"):
+        tiny_cfg(tiny_data, tmp_path / "x", optimizer="rmsprop").validate()

@@ -66,7 +66,7 @@ class DemoSize:
 
 FULL = DemoSize(n_salient=300, n_train=120, n_val=40, image_size=256, salient_size=224,
                 boxcaseg_steps=240, weak_steps=160, label_crop=160,
-                maskrcnn_iters=90, maskrcnn_steps=(75,), maskrcnn_warmup=15, overlays=6)
+                maskrcnn_iters=75, maskrcnn_steps=(60,), maskrcnn_warmup=15, overlays=6)
 QUICK = DemoSize(n_salient=32, n_train=12, n_val=6, image_size=128, salient_size=96,
                  boxcaseg_steps=6, weak_steps=4, label_crop=96,
                  maskrcnn_iters=4, maskrcnn_steps=(3,), maskrcnn_warmup=1, overlays=2)
@@ -128,7 +128,7 @@ def _train_boxcaseg(name: str, data: dict[str, Path], out: Path, size: DemoSize,
     if resume:
         print(f"  resuming {name} from {run_dir / 'last.pt'}", flush=True)
     t0 = time.perf_counter()
-    final = train(cfg, resume=resume)
+    final = train(cfg, resume=resume, progress=progress)
     stages.finish(name, settings, {"checkpoint": str(final),
                                    "seconds": time.perf_counter() - t0})
     return final

@@ -2,7 +2,7 @@
 
 One step: a mixed batch (``box_per_batch`` box crops + salient crops, see
 :mod:`boxcaseg.data.sampler`) -> normalise on the device -> ``model(x)`` (logits per head, AMP
-on CUDA) -> ``boxcaseg_loss`` (Eq. 4, in float32) -> NaN check -> SGD step -> poly LR.
+on CUDA) -> ``boxcaseg_loss`` (Eq. 4, in float32) -> NaN check -> SGD (or AdamW) step -> poly LR.
 
 Reproducibility: each sample's augmentation is seeded by its position in the global sample
 stream, the DataLoader has its own generator, and checkpoints hold every RNG state, so on CPU a
@@ -138,7 +138,7 @@ def train_step(net: torch.nn.Module, batch: dict[str, Any], optimizer: torch.opt
 
 
 # ---------------------------------------------------------------------------- the loop
-def train(cfg: TrainConfig, resume: bool = False) -> Path:
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
     """Train BoxCaseg as ``cfg`` says; returns the final checkpoint path (``out_dir/final.pt``).
 
     ``resume=True`` continues from ``out_dir/last.pt`` (starts fresh, with a warning, if there
@@ -148,12 +148,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     cfg.validate()
     info = init_distributed(cfg.device)
     try:
-        return _train(cfg, resume, info)
+        return _train(cfg, resume, info, progress)
     finally:
         cleanup(info)
 
 
-def _train(cfg: TrainConfig, resume: bool, info: DistInfo) -> Path:
+def _train(cfg: TrainConfig, resume: bool, info: DistInfo, progress: bool = True) -> Path:
     from boxcaseg.model import build_model
 
     out = Path(cfg.out_dir)
@@ -180,8 +180,11 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo) -> Path:
 
     model = build_model(cfg.model).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lambda(total, cfg.poly_power))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
@@ -234,7 +237,7 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo) -> Path:
              total, len(sampler), cfg.batch_size, info.world_size, device,
              " with AMP" if use_amp else "")
     net.train()
-    bar = tqdm(total=total, initial=step, desc="train", disable=not info.is_main,
+    bar = tqdm(total=total, initial=step, desc="train", disable=not (info.is_main and progress),
                dynamic_ncols=True)
     t_log, n_log = time.perf_counter(), 0
     try:
