@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                                      ("data", t_data), ("net", t_net))}
     overhead = t_full / t_bb - 1
     rows = [
-        ("full training step (data + model + losses + SGD)", ips["full"], t_full),
+        ("full training step (data + model + losses + optimizer)", ips["full"], t_full),
         ("bare backbone forward + backward", ips["backbone"], t_bb),
         ("network (backbone + 3 heads) forward + backward, trivial loss", ips["net"], t_net),
         ("network + losses forward + backward (fixed batch, no data, no SGD)", ips["model"], t_model),

@@ -223,11 +223,14 @@ def format_results(results: dict[str, Any]) -> str:
     """The demo's table: box->mask quality of each labeler, then mask AP of each Mask R-CNN."""
     names = {"box": "box (filled)", "grabcut": "GrabCut", "boxcaseg_weak":
              "BoxCaseg, weak head only", "boxcaseg": "BoxCaseg", "gt": "ground truth (oracle)"}
-    lines = ["proxy masks of the training boxes vs hidden GT masks",
-             f"  {'method':<26}{'mIoU*':>7}{'IoU@50':>8}{'IoU@75':>8}{'inst/s':>9}"]
+    lines = ["proxy masks of the training boxes vs hidden GT masks (percent; 'dropped': flagged "
+             "ignore_mask by the proxy box agreement)",
+             f"  {'method':<26}{'mIoU*':>7}{'IoU@50':>8}{'IoU@75':>8}{'inst/s':>9}"
+             f"{'dropped':>9}{'mIoU* kept':>12}"]
     for m, r in results["proxy_masks"].items():
         lines.append(f"  {names.get(m, m):<26}{_pct(r['miou_star']):>7}{_pct(r['iou50']):>8}"
-                     f"{_pct(r['iou75']):>8}{r['instances_per_s']:>9.1f}")
+                     f"{_pct(r['iou75']):>8}{r['instances_per_s']:>9.1f}"
+                     f"{_pct(r.get('drop_rate')):>9}{_pct(r.get('miou_star_kept')):>12}")
     lines += ["", "Mask R-CNN on the validation images, trained on",
               f"  {'masks':<26}{'AP':>7}{'AP50':>8}{'AP75':>8}"]
     for m, r in results["maskrcnn"].items():
