@@ -173,5 +173,14 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None,
     return from_dict(cls, data, where)
 
 
+def load_command_config(cls: type[T], path: str | os.PathLike | None,
+                        overrides: list[str] | None, out_dir: str | None = None) -> T:
+    """``load_config`` for a training command: ``--out DIR`` wins over ``out_dir`` anywhere."""
+    overrides = list(overrides or [])
+    if out_dir:
+        overrides.append(f"out_dir={out_dir}")
+    return load_config(cls, path, overrides)
+
+
 def dump_yaml(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)

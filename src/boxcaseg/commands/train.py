@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from boxcaseg.config import load_config
+from boxcaseg.config import load_command_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,10 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from boxcaseg.engine.config import TrainConfig
     from boxcaseg.engine.trainer import train
 
-    overrides = list(args.overrides)
-    if args.out:
-        overrides.append(f"out_dir={args.out}")
-    cfg = load_config(TrainConfig, args.config, overrides)
+    cfg = load_command_config(TrainConfig, args.config, args.overrides, args.out)
     final = train(cfg, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:  # torchrun: only rank 0 reports
         print(f"final checkpoint: {final}")

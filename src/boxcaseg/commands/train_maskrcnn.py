@@ -19,7 +19,7 @@ import argparse
 import json
 import os
 
-from boxcaseg.config import load_config
+from boxcaseg.config import load_command_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,10 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from boxcaseg.maskrcnn.config import MaskRCNNConfig
     from boxcaseg.maskrcnn.train import train_maskrcnn
 
-    overrides = list(args.overrides)
-    if args.out:
-        overrides.append(f"out_dir={args.out}")
-    cfg = load_config(MaskRCNNConfig, args.config, overrides)
+    cfg = load_command_config(MaskRCNNConfig, args.config, args.overrides, args.out)
     result = train_maskrcnn(cfg, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"final checkpoint: {result['checkpoint']}")
