@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -310,8 +310,7 @@ def _read_rgb(path: Path) -> np.ndarray:
 
 
 def run_demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, seed: int = 0,
-             fresh: bool = False, progress: bool = True,
-             on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
+             fresh: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run the pipeline under ``out_dir`` and return (and write) the results dict."""
     from boxcaseg.data.demo import make_demo_data
 
@@ -323,10 +322,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, seed: in
     prev = stages.dir / "seconds.json"
     seconds_before = 0.0 if fresh or not prev.is_file() else float(read_json(prev)["seconds"])
 
-    def stage(name: str) -> None:
-        _banner(name)
-        if on_stage is not None:
-            on_stage(name)
+    stage = _banner
 
     stage(f"1/5 demo data ({'quick' if quick else 'full'} size) in {out / 'data'}")
     data = make_demo_data(out / "data", seed, n_salient=size.n_salient, n_train=size.n_train,

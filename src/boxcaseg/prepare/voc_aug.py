@@ -63,8 +63,8 @@ def check_trees(voc: Path, sbd: Path, need_inst: bool) -> None:
     missing = [str(p) for p in need if not p.exists()]
     if missing:
         raise DataError("augmented VOC inputs incomplete; missing: " + ", ".join(missing)
-                        + f" (--voc should be VOCdevkit/VOC2012, --sbd the SBD benchmark_RELEASE"
-                          f" or its dataset/ folder)")
+                        + " (--voc should be VOCdevkit/VOC2012, --sbd the SBD benchmark_RELEASE"
+                          " or its dataset/ folder)")
 
 
 def read_sbd_instances(path: str | os.PathLike) -> tuple[list[np.ndarray], list[str | None]]:
