@@ -111,3 +111,19 @@ def test_maskrcnn_configs_hold_the_schedules():
     # lr scaled linearly with the batch from the COCO 1x recipe (0.02 at 16 images).
     assert voc.lr == pytest.approx(0.02 * voc.batch_size / 16)
     assert all(0 < s < voc.max_iters for s in voc.steps)
+
+
+def test_exponent_floats_are_numbers_in_overrides_and_files(tmp_path):
+    # PyYAML (YAML 1.1) reads "1e-3" as a string; lr=1e-3 must still mean 0.001
+    from boxcaseg.engine.config import TrainConfig
+
+    cfg = load_config(TrainConfig, None, ["lr=1e-3", "weight_decay=5E-5", "smooth_weight=1.5e+1"])
+    assert (cfg.lr, cfg.weight_decay, cfg.smooth_weight) == (1e-3, 5e-5, 15.0)
+    f = tmp_path / "c.yaml"
+    f.write_text("lr: 2e-3\n")
+    assert load_config(TrainConfig, f).lr == 2e-3
+    for bad in ("lr=fast", "lr=1e", "lr=e5"):
+        with pytest.raises(ConfigError, match="expected a number"):
+            load_config(TrainConfig, None, [bad])
+    with pytest.raises(ConfigError, match="max_steps"):  # an integer field stays an integer
+        load_config(TrainConfig, None, ["max_steps=1e3"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -23,6 +24,11 @@ T = TypeVar("T")
 
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+# YAML 1.1 (PyYAML) reads "1e-3" and "4e30" as strings: a float needs a dot and a signed
+# exponent there. Users write them anyway, in files and in lr=1e-3 overrides.
+_YAML11_EXPONENT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -72,6 +78,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _YAML11_EXPONENT.fullmatch(value.strip()):
             return float(value)
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if tp is str:
