@@ -20,6 +20,7 @@ import json
 import logging
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from boxcaseg.config import load_config, to_dict
-from boxcaseg.io import atomic_write_json, read_json
+from boxcaseg.io import atomic_write, atomic_write_json, read_image_rgb, read_json
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +58,24 @@ class DemoSize:
     salient_size: int
     boxcaseg_steps: int
     weak_steps: int
+    train_crop: int  # BoxCaseg training crop (the packaged config's for the full demo)
+    salient_resize: int
     label_crop: int
     maskrcnn_iters: int
     maskrcnn_steps: tuple[int, ...]
     maskrcnn_warmup: int
+    maskrcnn_size: int  # Mask R-CNN min_size = max_size
     overlays: int
 
 
 FULL = DemoSize(n_salient=300, n_train=120, n_val=40, image_size=256, salient_size=224,
-                boxcaseg_steps=240, weak_steps=160, label_crop=160,
-                maskrcnn_iters=75, maskrcnn_steps=(60,), maskrcnn_warmup=15, overlays=6)
+                boxcaseg_steps=240, weak_steps=160, train_crop=160, salient_resize=176,
+                label_crop=160, maskrcnn_iters=75, maskrcnn_steps=(60,), maskrcnn_warmup=15,
+                maskrcnn_size=256, overlays=6)
 QUICK = DemoSize(n_salient=32, n_train=12, n_val=6, image_size=128, salient_size=96,
-                 boxcaseg_steps=6, weak_steps=4, label_crop=96,
-                 maskrcnn_iters=4, maskrcnn_steps=(3,), maskrcnn_warmup=1, overlays=2)
+                 boxcaseg_steps=6, weak_steps=4, train_crop=64, salient_resize=72,
+                 label_crop=96, maskrcnn_iters=4, maskrcnn_steps=(3,), maskrcnn_warmup=1,
+                 maskrcnn_size=128, overlays=2)
 
 
 class _Stages:
@@ -112,9 +118,8 @@ def _train_boxcaseg(name: str, data: dict[str, Path], out: Path, size: DemoSize,
     run_dir = out / name
     overrides = [f"salient_root={data['salient']}", f"boxes_json={data['train']}",
                  f"images_root={data['images']}", f"out_dir={run_dir}",
-                 f"max_steps={steps}", f"seed={seed}", f"model.heads={json.dumps(heads)}"]
-    if size is QUICK:
-        overrides += ["crop_size=64", "salient_resize=72", "checkpoint_every=1000"]
+                 f"max_steps={steps}", f"seed={seed}", f"model.heads={json.dumps(heads)}",
+                 f"crop_size={size.train_crop}", f"salient_resize={size.salient_resize}"]
     cfg = load_config(TrainConfig, packaged_config("boxcaseg_demo_cpu.yaml"), overrides)
     settings = to_dict(cfg)
     if stages.done(name, settings) is not None and (run_dir / "final.pt").is_file():
@@ -167,8 +172,9 @@ def _label(method: str, data: dict[str, Path], out: Path, size: DemoSize,
     coco = load_coco(data["train"], data["images"])
     summary = label_dataset(coco, out_json, "boxcaseg" if model is not None else method,
                             cfg, model=model, progress=progress)
-    quality = mask_quality(read_json(data["train_gt"]), read_json(out_json))
-    kept = mask_quality(read_json(data["train_gt"]), read_json(out_json), only_kept=True)
+    gt, labels = read_json(data["train_gt"]), read_json(out_json)
+    quality = mask_quality(gt, labels)
+    kept = mask_quality(gt, labels, only_kept=True)
     rec = {"miou_star": quality["miou_star"], "iou50": quality["iou50"],
            "iou75": quality["iou75"], "instances_per_s": summary.instances_per_s,
            "instances": summary.instances_labeled, "drop_rate": summary.drop_rate,
@@ -192,9 +198,8 @@ def _maskrcnn(source: str, train_json: Path, data: dict[str, Path], out: Path, s
                  f"out_dir={run_dir}", f"max_iters={size.maskrcnn_iters}",
                  f"steps={json.dumps(list(size.maskrcnn_steps))}",
                  f"warmup_iters={size.maskrcnn_warmup}", f"seed={seed}", "device=cpu",
-                 f"checkpoint_every={10 ** 6}"]
-    if size is QUICK:
-        overrides += [f"min_size={size.image_size}", f"max_size={size.image_size}"]
+                 f"checkpoint_every={10 ** 6}", f"min_size={size.maskrcnn_size}",
+                 f"max_size={size.maskrcnn_size}"]
     cfg = load_config(MaskRCNNConfig, packaged_config("maskrcnn_demo_cpu.yaml"), overrides)
     settings = to_dict(cfg)
     rec = stages.done(f"maskrcnn_{source}", settings)
@@ -245,6 +250,7 @@ def _overlays(data: dict[str, Path], out: Path, labels: dict[str, str],
     """Side-by-side PNGs: GT | box | GrabCut | BoxCaseg proxy masks on training images, and the
     BoxCaseg-trained Mask R-CNN's detections on validation images."""
     import cv2
+    from PIL import Image
 
     from boxcaseg.maskrcnn.visualize import draw_instances
 
@@ -266,18 +272,15 @@ def _overlays(data: dict[str, Path], out: Path, labels: dict[str, str],
             cv2.putText(p, t, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
                         cv2.LINE_AA)
             tiles.append(p)
-        tmp = path.with_suffix(".tmp.png")
-        cv2.imwrite(str(tmp), cv2.cvtColor(np.concatenate(tiles, axis=1), cv2.COLOR_RGB2BGR))
-        tmp.replace(path)
+        strip = Image.fromarray(np.concatenate(tiles, axis=1))
+        atomic_write(path, lambda tmp: strip.save(tmp, format="PNG"))
         written.append(str(path))
 
     # images with the most objects show merge and overlap best
-    counts: dict[int, int] = {}
-    for a in gt["annotations"]:
-        counts[a["image_id"]] = counts.get(a["image_id"], 0) + 1
+    counts = Counter(a["image_id"] for a in gt["annotations"])
     busiest = sorted(gt["images"], key=lambda im: -counts.get(im["id"], 0))[:n]
     for im in busiest:
-        rgb = _read_rgb(data["images"] / im["file_name"])
+        rgb = read_image_rgb(data["images"] / im["file_name"])
         panels = [draw_instances(rgb, anns_of(gt, im["id"]), cats)]
         titles = ["GT"]
         for m, coco in preds.items():
@@ -290,7 +293,7 @@ def _overlays(data: dict[str, Path], out: Path, labels: dict[str, str],
 
         val = read_json(data["val_gt"])
         model, ckpt = load_maskrcnn(maskrcnn_ckpt)
-        images = [(im["id"], _read_rgb(data["images"] / im["file_name"]))
+        images = [(im["id"], read_image_rgb(data["images"] / im["file_name"]))
                   for im in val["images"][:n]]
         results = run_model(model, images, "cpu", ckpt["categories"], progress=False)
         vcats = {c["id"]: c["name"] for c in val["categories"]}
@@ -300,13 +303,6 @@ def _overlays(data: dict[str, Path], out: Path, labels: dict[str, str],
                  [draw_instances(rgb, anns_of(val, iid), vcats), draw_instances(rgb, dets, vcats)],
                  ["GT", "Mask R-CNN (BoxCaseg masks)"])
     return written
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.array(im.convert("RGB"))  # writable: torch.from_numpy needs it
 
 
 def run_demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, seed: int = 0,

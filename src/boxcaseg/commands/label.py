@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.checkpoint:
             raise ConfigError("--method boxcaseg needs --checkpoint (a trained BoxCaseg model); "
                               "--method grabcut and --method box need none")
-        from boxcaseg.labeling.predict import resolve_device
+        from boxcaseg.engine.distributed import resolve_device
         from boxcaseg.model import load_boxcaseg
         model, _ = load_boxcaseg(args.checkpoint, map_location=resolve_device(cfg.device))
     elif args.checkpoint:

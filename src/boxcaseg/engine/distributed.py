@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from boxcaseg.errors import ConfigError
+
 
 @dataclass
 class DistInfo:
@@ -32,12 +34,15 @@ class DistInfo:
 
 
 def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
-    """``"auto"`` -> ``cuda:<local_rank>`` when CUDA is usable, else CPU."""
+    """``"auto"`` -> ``cuda:<local_rank>`` when CUDA is usable, else CPU; ``"cuda"`` ->
+    ``cuda:<local_rank>``; anything else as torch spells it. Asking for CUDA on a machine
+    without it is a ``ConfigError`` here, not a driver error later."""
     if pref == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if pref == "cuda":
-        return torch.device(f"cuda:{local_rank}")
-    return torch.device(pref)
+    dev = torch.device(f"cuda:{local_rank}" if pref == "cuda" else pref)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {pref!r} requested but CUDA is not available")
+    return dev
 
 
 def init_distributed(device_pref: str = "auto") -> DistInfo:

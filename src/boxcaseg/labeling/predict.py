@@ -30,21 +30,12 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from boxcaseg.data.transforms import normalize
+from boxcaseg.engine.distributed import resolve_device
 from boxcaseg.errors import ConfigError
 from boxcaseg.labeling.config import LabelConfig
 from boxcaseg.structures import snap_box
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> cuda when available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available")
-    return dev
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
