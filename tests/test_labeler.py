@@ -297,3 +297,18 @@ def test_fused_inference_graph_equals_predict_proba():
             got = FusedProba(model, alpha).eval()(x)
             assert got.shape == want.shape
             assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_summary_counts_clipped_and_skipped_boxes(tmp_path):
+    (tmp_path / "im").mkdir()
+    Image.fromarray(_red_image(20, 30)[0]).save(tmp_path / "im" / "a.png")
+    boxes = {"images": [{"id": 1, "file_name": "a.png", "width": 30, "height": 20}],
+             "categories": [{"id": 1, "name": "x"}],
+             "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [25, 15, 10, 10]},
+                             {"id": 2, "image_id": 1, "category_id": 1, "bbox": [2, 2, 0, 5]},
+                             {"id": 3, "image_id": 1, "category_id": 1, "bbox": [2, 2, 8, 8]}]}
+    (tmp_path / "b.json").write_text(json.dumps(boxes))
+    s = label_dataset(load_coco(tmp_path / "b.json", tmp_path / "im"), tmp_path / "o.json", "box",
+                      progress=False)
+    assert (s.clipped, len(s.skipped), s.instances_labeled) == (1, 1, 2)
+    assert "boxes clipped to their image: 1" in s.format()

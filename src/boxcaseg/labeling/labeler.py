@@ -58,6 +58,7 @@ class LabelSummary:
     empty_masks: int = 0              # dropped because the mask was empty
     crowd: int = 0                    # crowd annotations, passed through
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (annotation id, reason)
+    clipped: int = 0                  # boxes sticking out of their image, clipped by the reader
     images_failed: list[tuple[int, str]] = field(default_factory=list)  # (image id, error)
     annotations_failed: int = 0       # annotations of failed images (no mask)
     grabcut_fallbacks: int = 0        # boxes GrabCut could not run on (filled box used)
@@ -97,6 +98,7 @@ class LabelSummary:
             f"  dropped (ignore_mask): {self.dropped} ({100 * self.drop_rate:.1f}%), "
             f"of which empty masks: {self.empty_masks}",
             f"  skipped boxes: {len(self.skipped)} {self.skipped_reasons() or ''}".rstrip(),
+            f"  boxes clipped to their image: {self.clipped}",
             f"  crowd annotations passed through: {self.crowd}",
             f"  images failed: {len(self.images_failed)} "
             f"({self.annotations_failed} annotations left without masks)",
@@ -263,7 +265,8 @@ def label_dataset(coco: CocoData, out_path: str | os.PathLike, method: str,
     out_path = Path(out_path)
     side = sidecar_path(out_path)
     header = _header(coco, method, cfg)
-    summary = LabelSummary(method=method, images=len(coco.images))
+    summary = LabelSummary(method=method, images=len(coco.images),
+                           clipped=coco.report.get("clipped_box", 0))
 
     done: dict[int, dict[str, Any]] = {}
     if resume and side.exists():
