@@ -88,10 +88,19 @@ def ignore_aware_maskrcnn_loss(mask_logits: torch.Tensor, proposals: list[torch.
         return maskrcnn_loss(mask_logits, proposals, gt_masks, gt_labels, mask_matched_idxs)
     kept_props, kept_idxs, keeps = drop_ignored(proposals, mask_matched_idxs, mask_valid)
     keep = torch.cat(keeps) if keeps else torch.zeros(0, dtype=torch.bool)
-    if not bool(keep.any()):
-        return mask_logits.sum() * 0
-    return maskrcnn_loss(mask_logits[keep.to(mask_logits.device)], kept_props, gt_masks,
-                         gt_labels, kept_idxs)
+    return kept_mask_loss(mask_logits[keep.to(mask_logits.device)], kept_props, gt_masks,
+                          gt_labels, kept_idxs, empty_like=mask_logits)
+
+
+def kept_mask_loss(mask_logits: torch.Tensor, kept_props: list[torch.Tensor],
+                   gt_masks: list[torch.Tensor], gt_labels: list[torch.Tensor],
+                   kept_idxs: list[torch.Tensor], empty_like: torch.Tensor) -> torch.Tensor:
+    """``maskrcnn_loss`` over the kept RoIs (``mask_logits`` holds only theirs); with none
+    kept, ``empty_like.sum() * 0``: finite and still in the graph of every mask parameter,
+    which DDP needs."""
+    if sum(int(p.shape[0]) for p in kept_props) == 0:
+        return empty_like.sum() * 0
+    return maskrcnn_loss(mask_logits, kept_props, gt_masks, gt_labels, kept_idxs)
 
 
 class IgnoreAwareRoIHeads(RoIHeads):
@@ -148,11 +157,8 @@ class IgnoreAwareRoIHeads(RoIHeads):
         mask_logits = self.mask_predictor(mask_features)
         gt_masks = [t["masks"] for t in targets]
         gt_labels = [t["labels"] for t in targets]
-        if sum(int(p.shape[0]) for p in kept_props) == 0:
-            loss = mask_logits.sum() * 0  # keeps every mask parameter in the graph (DDP)
-        else:
-            loss = maskrcnn_loss(mask_logits, kept_props, gt_masks, gt_labels, kept_idxs)
-        losses["loss_mask"] = loss
+        losses["loss_mask"] = kept_mask_loss(mask_logits, kept_props, gt_masks, gt_labels,
+                                             kept_idxs, empty_like=mask_logits)
         return result, losses
 
 
