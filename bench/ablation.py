@@ -12,7 +12,6 @@ variants are reused (``OUT/<variant>/final.pt``). Writes ``bench/results_ablatio
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from datetime import datetime, timezone
@@ -30,11 +29,9 @@ VARIANTS = {
 
 
 def main() -> None:
-    from boxcaseg.config import load_config
     from boxcaseg.data.coco import load_coco
     from boxcaseg.data.demo import make_demo_data
-    from boxcaseg.demo import FULL, packaged_config
-    from boxcaseg.engine.config import TrainConfig
+    from boxcaseg.demo import FULL, boxcaseg_train_config
     from boxcaseg.engine.trainer import train
     from boxcaseg.evaluation.instance_iou import mask_quality
     from boxcaseg.io import read_json
@@ -60,10 +57,7 @@ def main() -> None:
     rows = []
     for name, heads in VARIANTS.items():
         out = Path(args.work) / "_".join(heads)
-        cfg = load_config(TrainConfig, packaged_config("boxcaseg_demo_cpu.yaml"), [
-            f"salient_root={data['salient']}", f"boxes_json={data['train']}",
-            f"images_root={data['images']}", f"out_dir={out}", f"max_steps={args.steps}",
-            f"seed={args.seed}", f"model.heads={json.dumps(heads)}"])
+        cfg = boxcaseg_train_config(data, out, FULL, args.steps, heads, args.seed)
         t0 = time.perf_counter()
         if not (out / "final.pt").is_file():
             train(cfg, resume=(out / "last.pt").is_file(), progress=False)

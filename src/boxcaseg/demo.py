@@ -109,18 +109,25 @@ def _banner(text: str) -> None:
     print(f"\n=== {text}", flush=True)
 
 
+def boxcaseg_train_config(data: dict[str, Path], out_dir: Path, size: DemoSize, steps: int,
+                          heads: list[str], seed: int) -> Any:
+    """The packaged CPU BoxCaseg config pointed at demo data (``make_demo_data``'s paths)."""
+    from boxcaseg.engine.config import TrainConfig
+
+    return load_config(TrainConfig, packaged_config("boxcaseg_demo_cpu.yaml"), [
+        f"salient_root={data['salient']}", f"boxes_json={data['train']}",
+        f"images_root={data['images']}", f"out_dir={out_dir}", f"max_steps={steps}",
+        f"seed={seed}", f"model.heads={json.dumps(heads)}", f"crop_size={size.train_crop}",
+        f"salient_resize={size.salient_resize}"])
+
+
 def _train_boxcaseg(name: str, data: dict[str, Path], out: Path, size: DemoSize, steps: int,
                     heads: list[str], seed: int, stages: _Stages, fresh: bool,
                     progress: bool) -> Path:
-    from boxcaseg.engine.config import TrainConfig
     from boxcaseg.engine.trainer import train
 
     run_dir = out / name
-    overrides = [f"salient_root={data['salient']}", f"boxes_json={data['train']}",
-                 f"images_root={data['images']}", f"out_dir={run_dir}",
-                 f"max_steps={steps}", f"seed={seed}", f"model.heads={json.dumps(heads)}",
-                 f"crop_size={size.train_crop}", f"salient_resize={size.salient_resize}"]
-    cfg = load_config(TrainConfig, packaged_config("boxcaseg_demo_cpu.yaml"), overrides)
+    cfg = boxcaseg_train_config(data, run_dir, size, steps, heads, seed)
     settings = to_dict(cfg)
     if stages.done(name, settings) is not None and (run_dir / "final.pt").is_file():
         return run_dir / "final.pt"
