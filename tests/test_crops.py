@@ -1,27 +1,67 @@
 import numpy as np
 import pytest
 
-from boxcaseg.data.crops import (augmented_box_crop, box_augmentation, crop_and_resize,
-                                 salient_box, salient_crop)
+from boxcaseg.data.crops import (augmented_box_crop, box_augmentation, clip_crop_box,
+                                 crop_and_resize, salient_box, salient_box_crop, salient_crop)
 from boxcaseg.structures import box_to_mask, mask_to_box
 
 
-def test_box_augmentation_ranges_follow_the_paper():
+@pytest.mark.parametrize("mode", ["centre", "corner"])
+def test_box_augmentation_ranges_follow_the_paper(mode):
     rng = np.random.default_rng(0)
     x, y, w, h = 10.0, 20.0, 40.0, 80.0
-    out = np.array([box_augmentation((x, y, w, h), rng) for _ in range(4000)])
-    dx, dy = (out[:, 0] - x) / w, (out[:, 1] - y) / h
+    out = np.array([box_augmentation((x, y, w, h), rng, mode) for _ in range(4000)])
     sw, sh = out[:, 2] / w, out[:, 3] / h
+    if mode == "corner":  # the top-left corner moves by the shift
+        dx, dy = (out[:, 0] - x) / w, (out[:, 1] - y) / h
+    else:  # the centre moves by the shift, the size changes about the new centre
+        dx = (out[:, 0] + out[:, 2] / 2 - (x + w / 2)) / w
+        dy = (out[:, 1] + out[:, 3] / 2 - (y + h / 2)) / h
     for v, lo, hi in ((dx, -0.25, 0.25), (dy, -0.25, 0.25), (sw, 0.5, 1.5), (sh, 0.5, 1.5)):
-        assert v.min() >= lo and v.max() <= hi
+        assert v.min() >= lo - 1e-9 and v.max() <= hi + 1e-9
         # uniform draws fill the whole range, not a sub-range
         assert v.min() < lo + 0.02 * (hi - lo) and v.max() > hi - 0.02 * (hi - lo)
         assert abs(v.mean() - (lo + hi) / 2) < 0.02 * (hi - lo)
     # the four draws are independent (shift x does not follow width scale)
     assert abs(np.corrcoef(dx, sw)[0, 1]) < 0.1
     # the same seed gives the same box
-    assert box_augmentation((x, y, w, h), np.random.default_rng(3)) == \
-        box_augmentation((x, y, w, h), np.random.default_rng(3))
+    assert box_augmentation((x, y, w, h), np.random.default_rng(3), mode) == \
+        box_augmentation((x, y, w, h), np.random.default_rng(3), mode)
+
+
+def test_centre_jitter_spreads_crop_centres_less_than_corner_jitter():
+    box = (100.0, 100.0, 40.0, 80.0)
+    centres = {}
+    for mode in ("centre", "corner"):
+        rng = np.random.default_rng(1)
+        out = np.array([box_augmentation(box, rng, mode) for _ in range(4000)])
+        centres[mode] = out[:, 0] + out[:, 2] / 2 - (box[0] + box[2] / 2)
+    # corner: shift U(-.25,.25) plus drift (s - 1) / 2, s ~ U(.5, 1.5): std 0.185 w vs 0.144 w
+    assert abs(centres["centre"].mean()) < 0.01 * box[2]
+    assert centres["corner"].std() > 1.2 * centres["centre"].std()
+    assert centres["centre"].std() == pytest.approx(0.5 / np.sqrt(12) * box[2], rel=0.05)
+
+
+def test_unknown_jitter_mode_is_rejected():
+    with pytest.raises(ValueError, match="centre"):
+        box_augmentation((0, 0, 10, 10), np.random.default_rng(0), "middle")
+
+
+def test_centre_jitter_crops_are_clipped_to_the_image_and_keep_the_box_registered():
+    img = _coord_image(60, 80)
+    gt = (0.0, 0.0, 30.0, 20.0)  # at the image corner: most jitters stick out
+    for seed in range(50):
+        crop, box = augmented_box_crop(img, gt, 32, np.random.default_rng(seed), jitter="centre")
+        # clipped: the crop never shows black padding (channel 2 is 200 everywhere inside)
+        assert (crop[..., 2] > 0).all()
+        # the GT box, mapped into the crop, still starts at the image origin (clipped crop
+        # boxes start at x = 0, y = 0 here)
+        assert box[0] == pytest.approx(0.0) and box[1] == pytest.approx(0.0)
+    # the corner reading is not clipped: some crops do show padding
+    padded = sum(int((augmented_box_crop(img, gt, 32, np.random.default_rng(s),
+                                          jitter="corner")[0][..., 2] == 0).any())
+                 for s in range(50))
+    assert padded > 10
 
 
 def _coord_image(h, w):
@@ -135,3 +175,27 @@ def test_salient_box_of_empty_mask_is_zero():
     assert salient_box(np.zeros((4, 4), bool)) == (0.0, 0.0, 0.0, 0.0)
     with pytest.raises(ValueError):
         salient_crop(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), bool), resize=8, crop=16)
+
+
+def test_clip_crop_box_keeps_a_minimum_size_inside_the_image():
+    assert clip_crop_box((-5, -5, 50, 40), 30, 20) == (0.0, 0.0, 30.0, 20.0)
+    x1, y1, x2, y2 = clip_crop_box((35, 5, 45, 10), 30, 20)  # entirely right of the image
+    assert 0 <= x1 < x2 <= 30 and x2 - x1 == pytest.approx(1.0)
+
+
+def test_salient_box_crop_frames_the_object_like_a_box_crop():
+    img = _coord_image(100, 120)
+    mask = np.zeros((100, 120), bool)
+    mask[30:70, 40:100] = True  # a 60 x 40 object
+    fills = []
+    for seed in range(40):
+        crop, cmask = salient_box_crop(img, mask, 48, np.random.default_rng(seed), flip=False)
+        assert crop.shape == (48, 48, 3) and cmask.shape == (48, 48)
+        assert cmask.any()
+        fills.append(cmask.mean())
+        # image and mask stay registered: masked pixels have columns 40..99 in channel 0
+        cols = crop[..., 0][cmask]
+        assert cols.min() >= 39 and cols.max() <= 100
+    # box-framed: the object fills the crop about as much as a jittered box crop (mean
+    # area factor 1 / E[sw * sh] ~ 1), far more than in the whole image (0.2)
+    assert 0.6 < float(np.mean(fills)) < 1.0

@@ -312,3 +312,52 @@ def test_summary_counts_clipped_and_skipped_boxes(tmp_path):
                       progress=False)
     assert (s.clipped, len(s.skipped), s.instances_labeled) == (1, 1, 2)
     assert "boxes clipped to their image: 1" in s.format()
+
+
+# ------------------------------------------------------------------ crop default, threshold
+def test_label_crop_defaults_to_the_checkpoints_training_crop(tmp_path):
+    from boxcaseg.labeling.predict import get_predictor
+
+    model = RedModel()
+    model.train_crop_size = 48  # what load_boxcaseg sets from the checkpoint's train_config
+    assert get_predictor(model, LabelConfig(jit=False)).cfg.crop_size == 48
+    # an explicit crop_size always wins
+    assert get_predictor(model, LabelConfig(crop_size=32, jit=False)).cfg.crop_size == 32
+    # a model that does not say how it was trained gets the paper's 320
+    assert get_predictor(RedModel(), LabelConfig(jit=False)).cfg.crop_size == 320
+
+
+def test_labeled_file_records_the_crop_actually_used(tmp_path):
+    img, _ = _red_image(40, 48)
+    Image.fromarray(img).save(tmp_path / "a.png")
+    coco = {"images": [{"id": 1, "file_name": "a.png", "width": 48, "height": 40}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 20, 20],
+                             "iscrowd": 0, "area": 400}],
+            "categories": [{"id": 1, "name": "thing"}]}
+    (tmp_path / "b.json").write_text(json.dumps(coco))
+    model = RedModel()
+    model.train_crop_size = 24
+    label_dataset(load_coco(tmp_path / "b.json", tmp_path), tmp_path / "out.json", "boxcaseg",
+                  LabelConfig(jit=False), model=model, progress=False)
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out["boxcaseg_label"]["config"]["crop_size"] == 24
+
+
+def test_minmax_threshold_mode_rescales_each_crop():
+    from boxcaseg.labeling.predict import minmax_normalize, paste_probs
+
+    # a low-contrast map: 0.2 background, 0.4 object (never above the fixed 0.5)
+    probs = torch.full((2, 1, 8, 8), 0.2)
+    probs[0, 0, 2:6, 2:6] = 0.4
+    probs[1] = 0.9  # flat and confident: left as it is, not turned into 0/1 noise
+    boxes = np.array([[0, 0, 8, 8], [8, 0, 16, 8]], dtype=float)
+    fixed = paste_probs(probs, boxes, boxes, 8, 16, 0.5, "fixed")
+    mm = paste_probs(probs, boxes, boxes, 8, 16, 0.5, "minmax")
+    assert not fixed[0].any()
+    assert mm[0].sum() == 16 and mm[0, 2:6, 2:6].all()
+    assert mm[1][:, 8:].all() and fixed[1][:, 8:].all()
+    n = minmax_normalize(probs)
+    assert float(n[0].min()) == 0.0 and float(n[0].max()) == 1.0
+    assert torch.equal(n[1], probs[1])
+    with pytest.raises(Exception, match="threshold_mode"):
+        LabelConfig(threshold_mode="otsu")

@@ -321,7 +321,13 @@ def test_packaged_lite0_weights_map_correctly():
     wrong = timm.create_model(LITE0, pretrained=False).eval()
     wrong.load_state_dict(rotated, strict=True)
     assert good < 0.5, good
-    assert good < 0.6 * _bn_inconsistency(rand, x)
+    # against the mean of three seeded random inits: one unseeded init ranged 0.46-0.89 and
+    # made this check flaky
+    rand_incons = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        rand_incons.append(_bn_inconsistency(timm.create_model(LITE0, pretrained=False).eval(), x))
+    assert good < 0.6 * sum(rand_incons) / len(rand_incons)
     assert _bn_inconsistency(wrong, x) > 2.0
     # ... and the trained classifier is far more decisive than a random one (lower entropy)
     def entropy(logits):
@@ -364,3 +370,44 @@ def test_every_parameter_gets_a_gradient_from_the_joint_loss(heads, alpha, n_sal
     losses["total"].backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None]
     assert not missing
+
+
+def test_pixel_rows_keep_the_pixel_heads_on_salient_samples_only():
+    import copy
+
+    torch.manual_seed(0)
+    model = build_model(tiny(heads=("weak", "salient", "transferred")))
+    model.train()
+    model.backbone.eval()  # per-sample features, so the two forwards below are comparable
+    ref = copy.deepcopy(model)
+    x = _x(4, 32)
+    rows = torch.tensor([1, 3])
+    out = model(x, pixel_rows=rows)
+    # the rows no pixel head ran on are zero logits; the weak head sees every row
+    assert torch.count_nonzero(out["salient"][[0, 2]]) == 0
+    assert torch.count_nonzero(out["transferred"][[0, 2]]) == 0
+    assert torch.count_nonzero(out["weak"][[0, 2]]) > 0
+    # the pixel heads (and their BatchNorm statistics) saw rows 1 and 3 alone: the same as a
+    # forward of just those samples
+    ref_out = ref(x[rows])
+    for name in ("salient", "transferred"):
+        assert torch.allclose(out[name][rows], ref_out[name], atol=1e-5)
+    for bn, ref_bn in ((model.salient.bn, ref.salient.bn),
+                       (model.transferred.bn, ref.transferred.bn)):
+        assert torch.allclose(bn.running_mean, ref_bn.running_mean, atol=1e-6)
+        assert torch.allclose(bn.running_var, ref_bn.running_var, atol=1e-6)
+    # without pixel_rows every sample reaches them (the "all" ablation): other statistics
+    mixed = copy.deepcopy(ref)
+    mixed(x)
+    assert not torch.allclose(mixed.salient.bn.running_mean, model.salient.bn.running_mean)
+
+
+def test_load_boxcaseg_reports_the_training_crop(tmp_path):
+    cfg = tiny(heads=("weak", "salient"))
+    model = build_model(cfg).eval()
+    path = tmp_path / "ck.pt"
+    torch.save({"model": model.state_dict(), "model_config": to_dict(cfg),
+                "train_config": {"crop_size": 96}}, path)
+    assert load_boxcaseg(path)[0].train_crop_size == 96
+    torch.save({"model": model.state_dict(), "model_config": to_dict(cfg)}, path)
+    assert load_boxcaseg(path)[0].train_crop_size is None

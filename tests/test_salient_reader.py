@@ -146,3 +146,28 @@ def test_box_of_irregular_mask(tmp_path):
     m[4, 7] = m[15, 2] = m[9, 18] = 255  # three isolated pixels
     Image.fromarray(m).save(tmp_path / "masks" / "a.png")
     assert SalientFolder(tmp_path).box(0) == (2, 4, 19, 16)
+
+
+def test_seeded_limit_is_a_random_sample_not_the_first_names(tmp_path):
+    names = [f"{i:03d}" for i in range(40)]
+    for name in names:
+        _write(tmp_path, name, h=6, w=8, box=(1, 1, 5, 4))
+    a = SalientFolder(tmp_path, limit=10, sample_seed=0).names
+    assert a == SalientFolder(tmp_path, limit=10, sample_seed=0).names  # deterministic
+    assert a == sorted(a) and len(set(a)) == 10 and set(a) <= set(names)
+    assert a != names[:10]  # not the first ten by name
+    assert SalientFolder(tmp_path, limit=10, sample_seed=1).names != a
+    # spread over the whole listing, not a contiguous block
+    idx = [names.index(n) for n in a]
+    assert max(idx) - min(idx) > 20
+
+
+def test_trainer_samples_num_salient_with_the_run_seed(tmp_path):
+    from boxcaseg.engine.config import TrainConfig
+    from boxcaseg.engine.trainer import build_datasets
+
+    for i in range(30):
+        _write(tmp_path, f"{i:03d}", h=6, w=8, box=(1, 1, 5, 4))
+    cfg = TrainConfig(salient_root=str(tmp_path), box_per_batch=0, num_salient=5, seed=3)
+    _, sal = build_datasets(cfg)
+    assert sal.folder.names == SalientFolder(tmp_path, limit=5, sample_seed=3).names

@@ -72,7 +72,8 @@ class SalientFolder:
         root: the folder (either layout, see the module docstring).
         names: optional subset of image stems to use (e.g. a DUTS-Single manifest); names
             without a pair are warned about and counted as ``name_not_found``.
-        limit: use only the first ``limit`` pairs after sorting by name (the "number of
+        limit: use only ``limit`` pairs: the first ones by name, or a random sample drawn
+            with ``sample_seed`` when it is given (the "number of
             salient images" ablation); ``None`` = all.
         min_fg_fraction: :meth:`load` raises DataError if the mask's foreground covers less
             than this fraction of the image. An empty mask is always an error.
@@ -84,7 +85,8 @@ class SalientFolder:
     """
 
     def __init__(self, root: str | os.PathLike, *, names: Iterable[str] | None = None,
-                 limit: int | None = None, min_fg_fraction: float = 0.0) -> None:
+                 limit: int | None = None, min_fg_fraction: float = 0.0,
+                 sample_seed: int | None = None) -> None:
         if limit is not None and int(limit) < 1:
             raise ValueError(f"limit must be >= 1 or None, got {limit}")
         if not 0.0 <= float(min_fg_fraction) < 1.0:
@@ -116,7 +118,12 @@ class SalientFolder:
             stems = [n for n in wanted if n in available]
         if limit is not None and len(stems) > int(limit):
             self.report["beyond_limit"] = len(stems) - int(limit)
-            stems = stems[: int(limit)]
+            if sample_seed is None:
+                stems = stems[: int(limit)]
+            else:  # a seeded random subset (sorted again: the order never depends on the draw)
+                pick = np.random.default_rng(sample_seed).choice(len(stems), int(limit),
+                                                                 replace=False)
+                stems = [stems[i] for i in sorted(pick)]
         if not stems:
             raise DataError(f"{self.root}: no image/mask pairs found (images in {self.image_dir}, "
                             f"masks in {self.mask_dir}; {dict(self.report)})")

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from boxcaseg.data.coco import BoxAnnotation, CocoData, ImageEntry
-from boxcaseg.data.crops import augmented_box_crop, salient_box, salient_crop
+from boxcaseg.data.crops import augmented_box_crop, salient_box, salient_box_crop, salient_crop
 from boxcaseg.data.sampler import BOX, SALIENT, SampleRef
 from boxcaseg.errors import DataError
 from boxcaseg.io import read_image_rgb
@@ -72,10 +72,11 @@ class BoxCropDataset:
     """Every non-crowd box of a COCO set is one sample: jittered crop resized to ``S x S``."""
 
     def __init__(self, coco: CocoData, crop_size: int = 288, augment: bool = True,
-                 cache_bytes: int = 0) -> None:
+                 cache_bytes: int = 0, jitter: str = "centre") -> None:
         self.coco = coco
         self.crop_size = int(crop_size)
         self.augment = augment
+        self.jitter = jitter
         self.items: list[tuple[ImageEntry, BoxAnnotation]] = []
         crowd = 0
         for im in coco.images:
@@ -103,18 +104,31 @@ class BoxCropDataset:
             raise DataError(f"{im.path}: image is {image.shape[1]}x{image.shape[0]} on disk but "
                             f"{im.width}x{im.height} in {self.coco.source}")
         rng = np.random.default_rng(seed)
-        crop, box = augmented_box_crop(image, ann.box, self.crop_size, rng, self.augment)
+        crop, box = augmented_box_crop(image, ann.box, self.crop_size, rng, self.augment,
+                                       self.jitter)
         return _sample(crop, box, None, salient=False)
 
 
+SALIENT_CROPS = ("image", "box", "mixed")
+
+
 class SalientCropDataset:
-    """Salient images: resize, random crop, flip; MIL box = tight box of the cropped mask."""
+    """Salient images -> crops; MIL box = tight box of the cropped mask.
+
+    ``mode``: ``"image"`` (the paper: resize, random crop, flip), ``"box"`` (the mask's box
+    jittered like a box image's, :func:`~boxcaseg.data.crops.salient_box_crop`) or
+    ``"mixed"`` (each sample draws one of the two with equal probability).
+    """
 
     def __init__(self, folder: SalientSource, resize: int = 320, crop_size: int = 288,
-                 flip: bool = True, cache_bytes: int = 0, retries: int = 10) -> None:
+                 flip: bool = True, cache_bytes: int = 0, retries: int = 10,
+                 mode: str = "image", jitter: str = "centre") -> None:
+        if mode not in SALIENT_CROPS:
+            raise ValueError(f"salient crop mode must be one of {SALIENT_CROPS}, got {mode!r}")
         self.folder = folder
         self.resize, self.crop_size, self.flip = int(resize), int(crop_size), flip
         self.retries = retries
+        self.mode, self.jitter = mode, jitter
         self._cache = ImageCache(cache_bytes)
 
     def __len__(self) -> int:
@@ -123,6 +137,10 @@ class SalientCropDataset:
     def get(self, index: int, seed: int) -> dict[str, Any]:
         image, mask = self._cache.get(index, lambda: self.folder.load(index))
         rng = np.random.default_rng(seed)
+        if self.mode == "box" or (self.mode == "mixed" and rng.random() < 0.5):
+            crop, cmask = salient_box_crop(image, mask, self.crop_size, rng, self.jitter,
+                                           self.flip)
+            return _sample(crop, salient_box(cmask), cmask, salient=True)
         # A random crop can miss a small object entirely; redraw (deterministically) a few
         # times. An empty crop is still a valid sample (all bags negative, all pixels 0).
         for _ in range(self.retries):

@@ -21,7 +21,7 @@ class TrainConfig:
     salient_root: str = ""  # DUTS-style folder (images/ + masks/ or DUTS-TR-Image/-Mask)
     boxes_json: str = ""  # COCO JSON with the box-supervised training boxes
     images_root: str = ""  # folder of the box images; "" = <boxes_json folder>/images
-    num_salient: int | None = None  # use only the first N salient images (Tab. ablation); None = all
+    num_salient: int | None = None  # use N salient images, a random sample drawn with `seed`; None = all
     cache_images_mb: int = 1024  # keep decoded images in RAM if the set fits (per worker)
     # output
     out_dir: str = "runs/boxcaseg"
@@ -30,6 +30,15 @@ class TrainConfig:
     box_per_batch: int = 9  # r_ws = 9:7
     crop_size: int = 288
     salient_resize: int = 320
+    # box jitter: "centre" (the authors' released code: shift the centre by U(-.25,.25) x w/h,
+    # rescale by U(.5,1.5) about it, clip to the image) or "corner" (shift the top-left corner)
+    box_jitter: str = "centre"
+    # salient crops: "image" (paper: resize to salient_resize, random crop_size crop), "box"
+    # (the mask's box jittered like a box image's: the framing the labeler sees), or "mixed"
+    salient_crop: str = "image"
+    # which samples the salient and transferred heads see in training: "salient" (paper
+    # Fig. 4: salient features only, so their BatchNorm statistics are salient-only) or "all"
+    pixel_heads_on: str = "salient"
     # optimisation
     epochs: int = 30  # one epoch = one pass through the salient set
     max_steps: int | None = None  # if set, overrides epochs
@@ -62,6 +71,14 @@ class TrainConfig:
         if self.salient_resize < self.crop_size:
             raise ConfigError(f"salient_resize ({self.salient_resize}) must be >= crop_size "
                               f"({self.crop_size})")
+        if self.box_jitter not in ("centre", "corner"):
+            raise ConfigError(f"box_jitter must be 'centre' or 'corner', got {self.box_jitter!r}")
+        if self.salient_crop not in ("image", "box", "mixed"):
+            raise ConfigError("salient_crop must be 'image', 'box' or 'mixed', got "
+                              f"{self.salient_crop!r}")
+        if self.pixel_heads_on not in ("salient", "all"):
+            raise ConfigError("pixel_heads_on must be 'salient' or 'all', got "
+                              f"{self.pixel_heads_on!r}")
         if self.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if self.epochs < 1 and not self.max_steps:

@@ -55,14 +55,16 @@ def build_datasets(cfg: TrainConfig) -> tuple[BoxCropDataset | None, SalientCrop
             raise ConfigError("boxes_json is required (the box-supervised training set)")
         root = Path(cfg.images_root) if cfg.images_root else Path(cfg.boxes_json).parent / "images"
         coco = load_coco(cfg.boxes_json, root)
-        box_ds = BoxCropDataset(coco, cfg.crop_size, augment=True, cache_bytes=cache)
+        box_ds = BoxCropDataset(coco, cfg.crop_size, augment=True, cache_bytes=cache,
+                                jitter=cfg.box_jitter)
         if len(box_ds) == 0:
             raise DataError(f"{cfg.boxes_json}: no usable (non-crowd) boxes to train on")
     if cfg.box_per_batch < cfg.batch_size:
         if not cfg.salient_root:
             raise ConfigError("salient_root is required (the salient image set)")
-        folder = SalientFolder(cfg.salient_root, limit=cfg.num_salient)
-        sal_ds = SalientCropDataset(folder, cfg.salient_resize, cfg.crop_size, cache_bytes=cache)
+        folder = SalientFolder(cfg.salient_root, limit=cfg.num_salient, sample_seed=cfg.seed)
+        sal_ds = SalientCropDataset(folder, cfg.salient_resize, cfg.crop_size, cache_bytes=cache,
+                                    mode=cfg.salient_crop, jitter=cfg.box_jitter)
         if len(sal_ds) == 0:
             raise DataError(f"{cfg.salient_root}: no salient images found")
     return box_ds, sal_ds
@@ -120,8 +122,13 @@ def train_step(net: torch.nn.Module, batch: dict[str, Any], optimizer: torch.opt
     batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
              for k, v in batch.items()}
     images = normalize(batch["image"])
+    pixel_rows = None
+    if cfg.pixel_heads_on == "salient":
+        sal = torch.as_tensor(batch["is_salient"]).reshape(-1).bool()
+        if bool(sal.any()):
+            pixel_rows = torch.nonzero(sal.to(images.device)).reshape(-1)
     with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-        outputs = net(images)
+        outputs = net(images, pixel_rows=pixel_rows)
     losses = compute_losses(outputs, batch, cfg)
     names = list(losses)
     # one host sync per step for logging and the NaN check together

@@ -36,7 +36,7 @@ from boxcaseg.data.coco import CocoData, ImageEntry
 from boxcaseg.errors import ConfigError, DataError, ImageReadError
 from boxcaseg.io import atomic_write_json, read_image_rgb
 from boxcaseg.labeling.baselines import box_mask, grabcut_mask_status
-from boxcaseg.labeling.config import METHODS, LabelConfig
+from boxcaseg.labeling.config import METHODS, LabelConfig, resolve_crop_size
 from boxcaseg.labeling.merge_drop import drop_decisions, merge_smaller_first
 from boxcaseg.structures import mask_to_rle
 
@@ -262,6 +262,8 @@ def label_dataset(coco: CocoData, out_path: str | os.PathLike, method: str,
     cfg = cfg or LabelConfig()
     cfg.validate()
     _check_method(method, model)
+    if method == "boxcaseg":  # record the crop actually used (the checkpoint's by default)
+        cfg = resolve_crop_size(cfg, getattr(model, "model", model))
     out_path = Path(out_path)
     side = sidecar_path(out_path)
     header = _header(coco, method, cfg)

@@ -32,7 +32,7 @@ from torchvision.ops import roi_align
 from boxcaseg.data.transforms import normalize
 from boxcaseg.engine.distributed import resolve_device
 from boxcaseg.errors import ConfigError
-from boxcaseg.labeling.config import LabelConfig
+from boxcaseg.labeling.config import LabelConfig, resolve_crop_size
 from boxcaseg.structures import snap_box
 
 log = logging.getLogger(__name__)
@@ -84,16 +84,32 @@ def crop_boxes(image_t: torch.Tensor, regions: np.ndarray, size: int) -> torch.T
     return normalize(crops)
 
 
+def minmax_normalize(probs: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Rescale each map of ``[K, 1, h, w]`` to ``[0, 1]``: ``(p - min) / (max - min)``.
+
+    A flat map (``max - min < eps``) carries no contrast to threshold; it is left as it is,
+    so a confident all-foreground (or all-background) crop keeps its answer.
+    """
+    flat = probs.flatten(1)
+    lo = flat.min(dim=1).values.view(-1, 1, 1, 1)
+    hi = flat.max(dim=1).values.view(-1, 1, 1, 1)
+    span = hi - lo
+    return torch.where(span >= eps, (probs - lo) / span.clamp_min(eps), probs)
+
+
 def paste_probs(probs: torch.Tensor, boxes_xyxy: np.ndarray, regions: np.ndarray,
-                height: int, width: int, threshold: float) -> np.ndarray:
+                height: int, width: int, threshold: float, mode: str = "fixed") -> np.ndarray:
     """Probability maps [K, 1, h, w] of crop regions -> bool masks [K, H, W] inside the boxes.
 
     Only the pixels each box covers (``snap_box``, clipped to the image) are sampled, so a
-    mask never leaks outside its box.
+    mask never leaks outside its box. ``mode="minmax"`` rescales each map first
+    (:func:`minmax_normalize`).
     """
     k = probs.shape[0]
     masks = np.zeros((k, height, width), dtype=bool)
     probs = probs.float()
+    if mode == "minmax" and k:
+        probs = minmax_normalize(probs)
     for i in range(k):  # tiny per-box resampling ops; the model already ran batched
         c0, r0, c1, r1 = snap_box(boxes_xyxy[i], height, width)
         if c1 <= c0 or r1 <= r0:
@@ -196,6 +212,7 @@ class BoxcasegPredictor:
     """
 
     def __init__(self, model: nn.Module, cfg: LabelConfig):
+        cfg = resolve_crop_size(cfg, model)
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.model = model.to(self.device).eval()
@@ -324,7 +341,7 @@ class BoxcasegPredictor:
             k = len(r)
             h, w = image.shape[:2]
             out.append(paste_probs(probs[start:start + k], np.asarray(b, dtype=np.float64)
-                                   .reshape(-1, 4), r, h, w, cfg.threshold))
+                                   .reshape(-1, 4), r, h, w, cfg.threshold, cfg.threshold_mode))
             start += k
         return out
 

@@ -53,24 +53,39 @@ class BoxCaseg(nn.Module):
         self.transferred = (TransferredHead(c, head_channels, transfer_hidden)
                             if "transferred" in heads else None)
 
-    def head_logits(self, x: torch.Tensor, heads: tuple[str, ...] | None = None
-                    ) -> dict[str, torch.Tensor]:
+    def head_logits(self, x: torch.Tensor, heads: tuple[str, ...] | None = None,
+                    pixel_rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Logits ``[N, 1, h, w]`` at feature resolution (``h ~ H / backbone.reduction``) for
-        ``heads`` (default: all enabled); the backbone runs once."""
+        ``heads`` (default: all enabled); the backbone runs once.
+
+        ``pixel_rows`` (training): indices of the samples the salient and transferred heads
+        run on (paper Fig. 4: salient features only). Their outputs are still ``[N, ...]``,
+        zero logits in the other rows, which no loss reads; the heads' BatchNorm statistics
+        then come from those rows alone.
+        """
         heads = self.head_names if heads is None else heads
         feat = self.backbone(x)
         out: dict[str, torch.Tensor] = {}
         if "weak" in heads:
             out["weak"] = self.weak(feat)
+        pix_feat = feat if pixel_rows is None else feat.index_select(0, pixel_rows)
+
+        def scatter(v: torch.Tensor) -> torch.Tensor:
+            if pixel_rows is None:
+                return v
+            full = v.new_zeros((feat.shape[0],) + tuple(v.shape[1:]))
+            return full.index_copy(0, pixel_rows, v)
+
         if "salient" in heads and self.salient is not None:
-            out["salient"] = self.salient(feat)
+            out["salient"] = scatter(self.salient(pix_feat))
         if "transferred" in heads and self.transferred is not None:
-            out["transferred"] = self.transferred(feat, self.weak)
+            out["transferred"] = scatter(self.transferred(pix_feat, self.weak))
         return out
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, pixel_rows: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
         size = tuple(x.shape[-2:])
-        return {k: _upsample(v, size) for k, v in self.head_logits(x).items()}
+        return {k: _upsample(v, size) for k, v in self.head_logits(x, None, pixel_rows).items()}
 
     def fused_heads(self) -> tuple[str, ...]:
         """The heads whose probabilities make the proxy mask (paper Sec. 3.4)."""
@@ -147,4 +162,8 @@ def load_boxcaseg(path: str | os.PathLike, map_location: str | torch.device = "c
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as e:
         raise DataError(f"{path}: weights do not fit the saved model_config: {e}") from e
+    # the labeler crops boxes at the training crop size unless told otherwise
+    train_cfg = ckpt.get("train_config")
+    crop = train_cfg.get("crop_size") if isinstance(train_cfg, dict) else None
+    model.train_crop_size = int(crop) if isinstance(crop, int) and crop > 0 else None  # type: ignore[assignment]
     return model.to(map_location).eval(), cfg

