@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     from boxcaseg.config import load_config
-    from boxcaseg.demo import packaged_config
+    from boxcaseg.config import packaged_config
     from boxcaseg.maskrcnn.config import MaskRCNNConfig
     from boxcaseg.maskrcnn.train import train_maskrcnn
 

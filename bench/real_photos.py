@@ -30,7 +30,7 @@ import torch
 
 from boxcaseg.config import load_config, to_dict
 from boxcaseg.data.coco import load_coco
-from boxcaseg.demo import packaged_config
+from boxcaseg.config import packaged_config
 from boxcaseg.engine.config import TrainConfig
 from boxcaseg.engine.trainer import train
 from boxcaseg.evaluation.instance_iou import mask_quality

@@ -127,3 +127,34 @@ def test_exponent_floats_are_numbers_in_overrides_and_files(tmp_path):
             load_config(TrainConfig, None, [bad])
     with pytest.raises(ConfigError, match="max_steps"):  # an integer field stays an integer
         load_config(TrainConfig, None, ["max_steps=1e3"])
+
+
+def test_recipes_are_usable_by_name_and_named_in_train_help(capsys):
+    from boxcaseg.cli import main as cli_main
+    from boxcaseg.config import RECIPES, load_command_config, resolve_config_path
+    from boxcaseg.engine.config import TrainConfig
+
+    for name, file in RECIPES.items():
+        assert Path(resolve_config_path(name)) == PACKAGE_CONFIG_DIR / file
+    cfg = load_command_config(TrainConfig, "real-cpu", ["max_steps=7"], "runs/x")
+    assert cfg.model.backbone.startswith("tf_efficientnet_lite") and cfg.max_steps == 7
+    assert cfg.out_dir == "runs/x"
+    assert resolve_config_path("my.yaml") == "my.yaml"  # a path stays a path
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--help"])
+    assert "--config real-cpu" in capsys.readouterr().out
+
+
+def test_offline_hub_error_names_the_offline_recipe(monkeypatch):
+    import timm
+
+    from boxcaseg.model.pretrained import create_features_model
+
+    def offline(*args, pretrained=False, **kw):
+        if pretrained:
+            raise OSError("no network")
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(ConfigError, match="--config real-cpu"):
+        create_features_model("resnet18", "timm")

@@ -181,13 +181,40 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None,
     return from_dict(cls, data, where)
 
 
+# recipes shipped inside the package (boxcaseg/configs/), usable by name as --config NAME
+RECIPES: dict[str, str] = {
+    "real-cpu": "boxcaseg_real_cpu.yaml",      # BoxCaseg on real photos, 2 CPU cores, offline
+    "demo-cpu": "boxcaseg_demo_cpu.yaml",      # BoxCaseg on the synthetic demo data
+    "maskrcnn-demo-cpu": "maskrcnn_demo_cpu.yaml",
+}
+
+
+def packaged_config(name: str) -> Path:
+    """Path of a YAML shipped inside the package (``boxcaseg/configs/``)."""
+    from importlib import resources
+
+    path = Path(str(resources.files("boxcaseg") / "configs" / name))
+    if not path.is_file():
+        raise FileNotFoundError(f"packaged config {name} not found at {path}; "
+                                "reinstall boxcaseg")
+    return path
+
+
+def resolve_config_path(path: str | os.PathLike | None) -> str | os.PathLike | None:
+    """A recipe name from :data:`RECIPES` -> its packaged YAML; anything else unchanged."""
+    if isinstance(path, str) and path in RECIPES:
+        return packaged_config(RECIPES[path])
+    return path
+
+
 def load_command_config(cls: type[T], path: str | os.PathLike | None,
                         overrides: list[str] | None, out_dir: str | None = None) -> T:
-    """``load_config`` for a training command: ``--out DIR`` wins over ``out_dir`` anywhere."""
+    """``load_config`` for a training command: ``--out DIR`` wins over ``out_dir`` anywhere;
+    ``path`` may name a packaged recipe (``real-cpu``, ``demo-cpu``, ...)."""
     overrides = list(overrides or [])
     if out_dir:
         overrides.append(f"out_dir={out_dir}")
-    return load_config(cls, path, overrides)
+    return load_config(cls, resolve_config_path(path), overrides)
 
 
 def dump_yaml(cfg: Any) -> str:

@@ -22,13 +22,12 @@ import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from boxcaseg.config import load_config, to_dict
+from boxcaseg.config import load_config, packaged_config, to_dict
 from boxcaseg.io import atomic_write, atomic_write_json, read_image_rgb, read_json
 
 log = logging.getLogger(__name__)
@@ -36,15 +35,6 @@ log = logging.getLogger(__name__)
 LABEL_METHODS = ("box", "grabcut", "boxcaseg_weak", "boxcaseg")
 MASKRCNN_SOURCES = ("box", "grabcut", "boxcaseg", "gt")
 RESULTS_VERSION = 1
-
-
-def packaged_config(name: str) -> Path:
-    """Path of a YAML shipped inside the package (``boxcaseg/configs/``)."""
-    path = Path(str(resources.files("boxcaseg") / "configs" / name))
-    if not path.is_file():
-        raise FileNotFoundError(f"packaged config {name} not found at {path}; "
-                                "reinstall boxcaseg")
-    return path
 
 
 @dataclass(frozen=True)

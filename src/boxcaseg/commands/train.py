@@ -1,5 +1,12 @@
 """``boxcaseg train``: joint BoxCaseg training on salient + box-supervised images.
 
+Without --config the defaults are the paper's (HRNet-W48, SGD, 30 epochs: made for GPUs, and
+its ImageNet weights come from timm's hub). On a CPU machine, or offline, start from the
+shipped real-photo recipe (EfficientNet-Lite0 with offline ImageNet weights, ~30 min on 2
+cores; bench/results_real.md):
+
+    boxcaseg train --config real-cpu salient_root=SALIENT/ boxes_json=boxes.json images_root=images/ --out runs/bc
+
 Examples:
 
     boxcaseg train --config src/boxcaseg/configs/boxcaseg_demo_cpu.yaml
@@ -19,7 +26,9 @@ from boxcaseg.config import load_command_config
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (parser.description or "") + "\n\n" + __doc__.split("\n\n", 1)[1]
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--config", help="YAML file with TrainConfig keys (defaults: the paper's)")
+    parser.add_argument("--config", help="YAML file with TrainConfig keys, or a shipped recipe: "
+                        "real-cpu (real photos on a CPU, offline), demo-cpu (defaults: the "
+                        "paper's GPU recipe)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. lr=0.01 model.backbone=hrnet_w48 "
                              "model.heads=[weak,salient]")

@@ -162,9 +162,10 @@ def create_features_model(backbone: str, source: str, **timm_kwargs: Any) -> nn.
         except Exception as e:  # offline: huggingface_hub raises OSError subclasses
             raise ConfigError(
                 f"cannot fetch timm's pretrained weights for {backbone!r} "
-                f"({type(e).__name__}: {str(e)[:200]}); this machine may be offline: set "
-                "model.pretrained=none (random init) or model.pretrained=<path to a state "
-                "dict>") from e
+                f"({type(e).__name__}: {str(e)[:200]}); this machine may be offline: train "
+                "with the shipped CPU recipe, whose ImageNet weights come with pip "
+                "(`boxcaseg train --config real-cpu ...`), or set model.pretrained=<path to a "
+                "state dict> (model.pretrained=none: random init, far worse)") from e
     try:
         model = timm.create_model(backbone, features_only=True, pretrained=False, **timm_kwargs)
     except (ValueError, AssertionError, IndexError, TypeError, RuntimeError) as e:
