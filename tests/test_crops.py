@@ -199,3 +199,48 @@ def test_salient_box_crop_frames_the_object_like_a_box_crop():
     # box-framed: the object fills the crop about as much as a jittered box crop (mean
     # area factor 1 / E[sw * sh] ~ 1), far more than in the whole image (0.2)
     assert 0.6 < float(np.mean(fills)) < 1.0
+
+
+class _OneSalient:
+    def __init__(self, image, mask):
+        self.image, self.mask = image, mask
+
+    def __len__(self):
+        return 1
+
+    def load(self, i):
+        return self.image, self.mask
+
+
+@pytest.mark.parametrize("mode", ["image", "box", "mixed"])
+def test_salient_dataset_modes_give_registered_samples(mode):
+    from boxcaseg.data.train_sets import SalientCropDataset
+
+    img = _coord_image(100, 120)
+    mask = np.zeros((100, 120), bool)
+    mask[40:60, 50:80] = True  # a small object: whole-image crops show it small
+    ds = SalientCropDataset(_OneSalient(img, mask), resize=64, crop_size=48, mode=mode)
+    fills = []
+    for seed in range(30):
+        s = ds.get(0, seed)
+        m = s["mask"][0].numpy() > 0.5
+        assert s["image"].shape == (3, 48, 48) and s["is_salient"]
+        assert tuple(s["box"].tolist()) == pytest.approx(salient_box(m))  # MIL box = mask's box
+        fills.append(m.mean())
+    # box framing fills the crop with the object; the whole-image view keeps it at ~5 %
+    if mode == "box":
+        assert np.mean(fills) > 0.5
+    elif mode == "image":
+        assert np.mean(fills) < 0.15
+    else:
+        assert 0.15 < np.mean(fills) < 0.6
+
+
+def test_training_options_are_validated():
+    from boxcaseg.engine.config import TrainConfig
+    from boxcaseg.errors import ConfigError
+
+    for bad in ({"box_jitter": "middle"}, {"salient_crop": "boxes"},
+                {"pixel_heads_on": "box"}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            TrainConfig(**bad).validate()
