@@ -26,7 +26,7 @@ from boxcaseg.data.coco import BoxAnnotation, CocoData, ImageEntry
 from boxcaseg.data.crops import augmented_box_crop, salient_box, salient_box_crop, salient_crop
 from boxcaseg.data.sampler import BOX, SALIENT, SampleRef
 from boxcaseg.errors import DataError
-from boxcaseg.io import read_image_rgb
+from boxcaseg.io import read_image_rgb, size_mismatch_message
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,8 @@ class BoxCropDataset:
         im, ann = self.items[index]
         image = self._cache.get(im.id, lambda: read_image_rgb(im.path))  # type: ignore[arg-type]
         if image.shape[:2] != (im.height, im.width):
-            raise DataError(f"{im.path}: image is {image.shape[1]}x{image.shape[0]} on disk but "
-                            f"{im.width}x{im.height} in {self.coco.source}")
+            raise DataError(size_mismatch_message(im.path, (image.shape[1], image.shape[0]),
+                                                  (im.width, im.height), self.coco.source))
         rng = np.random.default_rng(seed)
         crop, box = augmented_box_crop(image, ann.box, self.crop_size, rng, self.augment,
                                        self.jitter)

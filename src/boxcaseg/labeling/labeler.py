@@ -34,7 +34,7 @@ from tqdm import tqdm
 from boxcaseg.config import to_dict
 from boxcaseg.data.coco import CocoData, ImageEntry
 from boxcaseg.errors import ConfigError, DataError, ImageReadError
-from boxcaseg.io import atomic_write_json, read_image_rgb
+from boxcaseg.io import atomic_write_json, read_image_rgb, size_mismatch_message
 from boxcaseg.labeling.baselines import box_mask, grabcut_mask_status
 from boxcaseg.labeling.config import METHODS, LabelConfig, resolve_crop_size
 from boxcaseg.labeling.merge_drop import drop_decisions, merge_smaller_first
@@ -114,6 +114,8 @@ class LabelSummary:
 
 
 def _reason_kind(reason: str) -> str:
+    if "sub-pixel" in reason:
+        return "sub_pixel_box"
     if "outside" in reason:
         return "box_outside_image"
     if "zero" in reason or "negative" in reason:
@@ -165,8 +167,8 @@ def _load(entry: ImageEntry) -> np.ndarray:
         raise ImageReadError(f"image {entry.id} ({entry.file_name}): no image root given")
     image = read_image_rgb(entry.path)
     if image.shape[:2] != (entry.height, entry.width):
-        raise ImageReadError(f"{entry.path}: image is {image.shape[1]}x{image.shape[0]} on disk "
-                             f"but {entry.width}x{entry.height} in the JSON")
+        raise ImageReadError(size_mismatch_message(
+            entry.path, image.shape[1::-1], (entry.width, entry.height), "the JSON"))
     return image
 
 

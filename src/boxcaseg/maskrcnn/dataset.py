@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from boxcaseg.data.coco import CocoData, ImageEntry
 from boxcaseg.errors import DataError
-from boxcaseg.io import read_image_rgb
+from boxcaseg.io import read_image_rgb, size_mismatch_message
 from boxcaseg.structures import segmentation_to_mask
 
 log = logging.getLogger(__name__)
@@ -107,8 +107,8 @@ class MaskRCNNDataset(Dataset):
         rgb = read_image_rgb(im.path)
         h, w = rgb.shape[:2]
         if (h, w) != (im.height, im.width):
-            raise DataError(f"{self.coco.source}: image {im.id} ({im.path}) is {w}x{h} on disk "
-                            f"but {im.width}x{im.height} in the JSON")
+            raise DataError(size_mismatch_message(im.path, (w, h), (im.width, im.height),
+                                                  f"{self.coco.source} (image {im.id})"))
         masks = np.zeros((len(anns), h, w), dtype=np.uint8)
         for k, (ann, _) in enumerate(anns):
             try:
