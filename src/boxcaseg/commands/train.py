@@ -42,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from boxcaseg.engine.trainer import train
 
     cfg = load_command_config(TrainConfig, args.config, args.overrides, args.out)
+    # the trainer checks out_dir up front (a writable folder, not a file), locks it against a
+    # second run and binds --resume to the checkpoint's inputs and config
     final = train(cfg, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:  # torchrun: only rank 0 reports
         print(f"final checkpoint: {final}")

@@ -38,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     from boxcaseg.maskrcnn.train import train_maskrcnn
 
     cfg = load_command_config(MaskRCNNConfig, args.config, args.overrides, args.out)
+    # the trainer checks out_dir up front (a writable folder, not a file), locks it against a
+    # second run and binds --resume to the checkpoint's inputs and config
     result = train_maskrcnn(cfg, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"final checkpoint: {result['checkpoint']}")

@@ -38,7 +38,7 @@ from boxcaseg.io import atomic_write_json, read_image_rgb, size_mismatch_message
 from boxcaseg.labeling.baselines import box_mask, grabcut_mask_status
 from boxcaseg.labeling.config import METHODS, LabelConfig, resolve_crop_size
 from boxcaseg.labeling.merge_drop import drop_decisions, merge_smaller_first
-from boxcaseg.structures import mask_to_rle
+from boxcaseg.structures import fill_missing_segmentations, mask_to_rle
 
 log = logging.getLogger(__name__)
 
@@ -316,6 +316,7 @@ def label_dataset(coco: CocoData, out_path: str | os.PathLike, method: str,
     summary.seconds = time.perf_counter() - t0
 
     output = _assemble(coco, done, method, cfg, summary)
+    fill_missing_segmentations(output)  # issue 12: COCO tools need a segmentation everywhere
     atomic_write_json(out_path, output)
     side.unlink(missing_ok=True)
     return summary
