@@ -34,8 +34,9 @@ from boxcaseg.data.validate import screen_box_dataset, screen_salient_dataset
 from boxcaseg.data.transforms import normalize
 from boxcaseg.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from boxcaseg.engine.config import TrainConfig
-from boxcaseg.engine.run_guard import check_resume, input_fingerprints, output_guard, salient_listing
 from boxcaseg.engine.distributed import DistInfo, all_finite, barrier, cleanup, init_distributed
+from boxcaseg.engine.run_guard import (RUNTIME_KEYS, check_resume, input_fingerprints,
+                                       output_guard, salient_listing)
 from boxcaseg.errors import ConfigError, DataError, TrainingDivergedError
 from boxcaseg.io import atomic_write_text
 
@@ -210,7 +211,8 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, progress: bool = True
         if ckpt.get("model_config") != to_dict(cfg.model):
             raise ConfigError(f"{last}: saved model config {ckpt.get('model_config')} differs "
                               f"from the requested {to_dict(cfg.model)}; cannot resume")
-        check_resume(last, ckpt.get("train_config"), to_dict(cfg), ckpt.get("inputs"), inputs)
+        check_resume(last, ckpt.get("train_config"), to_dict(cfg), ckpt.get("inputs"), inputs,
+                     RUNTIME_KEYS | {"boxes_json", "salient_root"})  # compared by content
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])

@@ -33,8 +33,8 @@ from tqdm import tqdm
 from boxcaseg.config import dump_yaml, to_dict
 from boxcaseg.data.coco import load_coco
 from boxcaseg.engine import distributed as dist_utils
-from boxcaseg.engine.run_guard import RUNTIME_KEYS, check_resume, input_fingerprints, output_guard
 from boxcaseg.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from boxcaseg.engine.run_guard import RUNTIME_KEYS, check_resume, input_fingerprints, output_guard
 from boxcaseg.errors import ConfigError, DataError, ImageReadError, TrainingDivergedError
 from boxcaseg.io import atomic_write_json, atomic_write_text, read_image_rgb
 from boxcaseg.maskrcnn.config import MaskRCNNConfig
@@ -46,8 +46,9 @@ log = logging.getLogger(__name__)
 
 # resuming with these changed still continues the same trajectory: the lr schedule depends on
 # the iteration only, so a longer max_iters extends a run; evaluation settings act at the end
+# (train_json is compared by content, not by path)
 RESUMABLE_CHANGES = RUNTIME_KEYS | {"max_iters", "epochs", "val_json", "val_images_root",
-                                    "score_thresh", "mask_thresh"}
+                                    "score_thresh", "mask_thresh", "train_json"}
 
 
 # --------------------------------------------------------------------------- schedule
