@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -392,7 +391,8 @@ def test_unwritable_out_folder_is_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("exc, needle", [
-    (PermissionError(13, "Permission denied", "/data/out.json"), "/data/out.json: Permission denied"),
+    (PermissionError(13, "Permission denied", "/data/out.json"),
+     "/data/out.json: Permission denied"),
     (IsADirectoryError(21, "Is a directory", "/data/out"), "/data/out: Is a directory"),
     (NotADirectoryError(20, "Not a directory", "/f/x.json"), "/f/x.json: Not a directory"),
     (FileExistsError(17, "File exists", "/data/out"), "/data/out: File exists"),

@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "model.heads=[weak,salient]")
     parser.add_argument("--out", help="output directory (overrides out_dir)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue from OUT/last.pt (exactly: same data order and RNG)")
+                        help="continue from OUT/last.pt (exactly: same data order and RNG); "
+                             "refused if the box file, the salient set or a setting changed")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,8 +43,6 @@ def run(args: argparse.Namespace) -> int:
     from boxcaseg.engine.trainer import train
 
     cfg = load_command_config(TrainConfig, args.config, args.overrides, args.out)
-    # the trainer checks out_dir up front (a writable folder, not a file), locks it against a
-    # second run and binds --resume to the checkpoint's inputs and config
     final = train(cfg, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:  # torchrun: only rank 0 reports
         print(f"final checkpoint: {final}")

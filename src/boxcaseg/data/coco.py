@@ -6,10 +6,11 @@ field, and exposes a validated, typed view (``CocoData.images``) for the stages:
 * unknown ``category_id`` / missing ``image_id`` / missing keys -> ``DataError`` naming the
   file and annotation id;
 * a box sticking out of its image -> clipped, counted in ``report["clipped_box"]``, warned;
-* zero or negative width/height in the file, a width or height below one pixel, or a box
-  lying wholly outside its image -> skipped, listed in ``skipped`` with the reason, counted in ``report``, warned;
-* malformed entries (not an object, non-integer or quoted (string) ids, non-finite or boolean box values,
-  duplicate image / annotation / category ids) -> ``DataError``;
+* zero or negative width/height in the file, a width or height below one pixel
+  (``sub_pixel_box``), or a box lying wholly outside its image -> skipped, listed in
+  ``skipped`` with the reason, counted in ``report``, warned;
+* malformed entries (not an object, non-integer or quoted ("1") ids, non-finite or boolean
+  box values, duplicate image / annotation / category ids) -> ``DataError``;
 * ``iscrowd`` annotations stay in the view (``BoxAnnotation.iscrowd``); training excludes them
   and evaluation handles them as COCO does.
 """
