@@ -369,6 +369,20 @@ def test_out_that_is_a_file_or_inside_a_file_is_refused_up_front(command, tmp_pa
         assert a_file.read_text() == "precious"
 
 
+@pytest.mark.parametrize("argv", [
+    ["demo", "--quick", "--out", "{file}"],
+    ["make-demo-data", "{file}/sub"],
+    ["prepare", "duts-single", "--duts", "/nonexistent", "--out", "{file}"],
+])
+def test_other_commands_check_out_up_front(argv, tmp_path, capsys):
+    a_file = tmp_path / "taken"
+    a_file.write_text("precious")
+    rc, err = run_cli(capsys, *[a.format(file=a_file) for a in argv])
+    assert rc == 2
+    assert_one_error(err, argv[0], str(a_file), "file")
+    assert a_file.read_text() == "precious"
+
+
 def test_eval_out_that_is_a_folder_is_refused_before_scoring(tmp_path, capsys):
     (tmp_path / "folder").mkdir()
     rc, err = run_cli(capsys, "eval", "--gt", tmp_path / "missing.json", "--pred",

@@ -49,11 +49,12 @@ def detect_kind(pred: Any, source: str) -> str:
 def run(args: argparse.Namespace) -> int:
     if not args.out:
         return _run(args)
-    from boxcaseg.io import check_output_path
+    from boxcaseg.io import check_output_path, remove_stale_temp_files
     from boxcaseg.runlock import OutputLock
 
     out = check_output_path(args.out, kind="file")  # before reading and scoring anything
     with OutputLock(out.resolve(), "boxcaseg eval"):
+        remove_stale_temp_files(out)  # left by a killed run
         return _run(args)
 
 

@@ -37,11 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from boxcaseg.io import check_output_path
+    from boxcaseg.io import check_output_path, remove_stale_temp_files
     from boxcaseg.runlock import OutputLock
 
     out = check_output_path(args.out, kind="dir")  # before loading a model or any image
     with OutputLock(out.resolve(), "boxcaseg predict"):
+        remove_stale_temp_files(out / "results.json")  # left by a killed run
         return _run(args)
 
 
