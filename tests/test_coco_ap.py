@@ -150,5 +150,5 @@ def test_eval_command_results(tmp_path, capsys):
     (tmp_path / "bad.json").write_text(json.dumps([{"image_id": 5, "category_id": 1,
                                                     "score": 1.0, "segmentation": mask_to_rle(p)}]))
     assert main(["eval", "--gt", str(tmp_path / "gt.json"),
-                 "--pred", str(tmp_path / "bad.json")]) == 1
+                 "--pred", str(tmp_path / "bad.json")]) == 2
     assert "bad.json" in capsys.readouterr().err

@@ -158,4 +158,4 @@ def test_cli(tmp_path, capsys):
     assert str(out / "boxes" / "train.json") in text and "salient_images=2" in text
     assert json.loads((out / "meta.json").read_text())["seed"] == 1
     rc = main(["make-demo-data", str(tmp_path / "bad"), "--n-train", "0"])
-    assert rc == 1
+    assert rc == 2

@@ -191,7 +191,7 @@ def test_eval_command_masks(tmp_path, capsys):
                "--only-kept", "--out", str(out)])
     assert rc == 0 and json.loads(out.read_text())["num_instances"] == 1
     assert main(["eval", "--gt", str(tmp_path / "missing.json"),
-                 "--pred", str(tmp_path / "pred.json")]) == 1
+                 "--pred", str(tmp_path / "pred.json")]) == 2
     assert "missing.json" in capsys.readouterr().err
 
 

@@ -135,8 +135,13 @@ def test_output_round_trips_and_keeps_every_field(tmp_path):
     by_id = {a["id"]: a for a in res["annotations"]}
     for a_in, a_out in zip(data["annotations"], res["annotations"]):
         assert a_out["id"] == a_in["id"]
-        if a_in["id"] in (900, 901):  # skipped and crowd: untouched
-            assert a_out == a_in
+        if a_in["id"] in (900, 901):  # skipped and crowd: every field kept, in order
+            assert {k: a_out[k] for k in a_in} == a_in and list(a_out)[:len(a_in)] == list(a_in)
+            if not a_in.get("segmentation"):  # plus an empty, marked mask for COCO tools
+                assert a_out["boxcaseg_no_mask"] is True and "ignore_mask" not in a_out
+                assert not rle_to_mask(a_out["segmentation"]).any()
+            else:
+                assert a_out == a_in
             continue
         keys = list(a_in) + [k for k in ("ignore_mask", "proxy_iou") if k not in a_in]
         assert list(a_out) == keys
@@ -181,7 +186,13 @@ def test_missing_image_is_counted_and_others_labeled(tmp_path, caplog):
     res = json.loads(out.read_text())
     for a_in, a_out in zip(data["annotations"], res["annotations"]):
         if a_in["image_id"] == 3 or a_in["id"] >= 900:
-            assert a_out == a_in
+            if a_in.get("segmentation"):
+                assert a_out == a_in
+            else:  # passed through with an empty, marked mask that COCO tools can read
+                assert {k: a_out[k] for k in a_in if k != "segmentation"} == {
+                    k: v for k, v in a_in.items() if k != "segmentation"}
+                assert a_out["boxcaseg_no_mask"] is True
+                assert not rle_to_mask(a_out["segmentation"]).any()
         else:
             assert "counts" in a_out["segmentation"]
     assert res["boxcaseg_label"]["summary"]["images_failed"] == 1
@@ -271,11 +282,11 @@ def test_cli_runs(tmp_path, capsys):
     # boxcaseg without a checkpoint: a clean error, no output
     rc = cli_main(["label", "--method", "boxcaseg", "--images", str(root), "--boxes", str(path),
                    "--out", str(tmp_path / "x.json")])
-    assert rc == 1 and "--checkpoint" in capsys.readouterr().err
+    assert rc == 2 and "--checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
     rc = cli_main(["label", "--method", "box", "--images", str(root), "--boxes", str(path),
                    "--out", str(out), "crop_size=3"])
-    assert rc == 1
+    assert rc == 2
 
 
 def test_fused_inference_graph_equals_predict_proba():

@@ -364,7 +364,7 @@ def test_predict_command_with_gt_ids(trained, tmp_path):
     assert res and {r["image_id"] for r in res} <= {10, 11}
     assert not list((tmp_path / "p").glob("*.png"))
     assert cli_main(["predict", "--checkpoint", str(root / "gt.json"), str(root / "images"),
-                     "--out", str(tmp_path / "q")]) == 1  # not a checkpoint: clean error
+                     "--out", str(tmp_path / "q")]) == 2  # not a checkpoint: clean error, bad input
 
 
 def test_config_validation_and_from_scratch_resnet(tmp_path):

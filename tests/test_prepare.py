@@ -134,7 +134,7 @@ def test_duts_missing_folders_are_named(tmp_path):
     with contextlib.redirect_stderr(err):
         code = main(["prepare", "duts-single", "--duts", str(tmp_path / "nope"),
                      "--out", str(tmp_path / "o")])
-    assert code == 1 and "nope: DUTS-TR folder not found" in err.getvalue()
+    assert code == 2 and "nope: DUTS-TR folder not found" in err.getvalue()
     # An --out folder holding someone else's files is not overwritten.
     duts = make_duts(tmp_path / "D2")
     (tmp_path / "busy" / "images").mkdir(parents=True)

@@ -231,7 +231,7 @@ def test_cli_train_with_overrides(tiny_data, tmp_path, capsys):
     assert str(out / "final.pt") in capsys.readouterr().out
     ck = load_checkpoint(out / "final.pt")
     assert ck["train_config"]["lr"] == 0.001 and ck["model_config"]["heads"] == ["weak"]
-    assert main(["train", "--config", str(cfg_file), "bogus_key=1"]) == 1
+    assert main(["train", "--config", str(cfg_file), "bogus_key=1"]) == 2
     assert "bogus_key" in capsys.readouterr().err
 
 

@@ -105,3 +105,41 @@ def segmentation_to_mask(segm: Any, height: int, width: int) -> np.ndarray:
     else:
         raise ValueError(f"unsupported segmentation type {type(segm).__name__}")
     return mask_utils.decode(rle).astype(bool)
+
+
+NO_MASK_KEY = "boxcaseg_no_mask"
+
+
+def fill_missing_segmentations(data: dict[str, Any]) -> int:
+    """Give every annotation of a COCO dict that has no (or an empty) ``segmentation`` an
+    empty RLE mask of its image's size; returns how many were filled. The annotation list is
+    updated in place with new dicts (the old annotation dicts are not modified).
+
+    Such annotations (boxes the labeler skipped, boxes of images it could not read, crowd
+    regions without a mask) would otherwise make ``COCO.annToMask`` and ``COCOeval`` raise
+    KeyError (an empty polygon list ``[]`` makes pycocotools raise too, so it is replaced).
+    They are marked ``"boxcaseg_no_mask": true``, so no tool need mistake the empty mask for a
+    labeled one: ``boxcaseg train-maskrcnn`` leaves them out entirely, ``boxcaseg eval``
+    scores an empty mask as missing; ``area`` is set to 0 where absent (COCOeval needs it).
+    """
+    sizes = {im.get("id"): (im.get("height"), im.get("width")) for im in data.get("images", [])
+             if isinstance(im, dict)}
+    empty: dict[tuple[int, int], str] = {}
+    filled = 0
+    anns = data.get("annotations", [])
+    for i, ann in enumerate(anns):
+        if not isinstance(ann, dict) or ann.get("segmentation"):
+            continue
+        size = sizes.get(ann.get("image_id"))
+        if size is None or not all(isinstance(v, int) and v > 0 for v in size):
+            continue  # the reader rejects such files; nothing sensible to write
+        h, w = size
+        if (h, w) not in empty:
+            empty[(h, w)] = mask_to_rle(np.zeros((h, w), dtype=bool))["counts"]
+        new = dict(ann)
+        new["segmentation"] = {"size": [h, w], "counts": empty[(h, w)]}
+        new.setdefault("area", 0)
+        new[NO_MASK_KEY] = True
+        anns[i] = new
+        filled += 1
+    return filled

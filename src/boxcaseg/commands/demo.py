@@ -32,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
     # the demo is sized for 2 cores; more threads than cores only adds contention
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     out = args.out or ("runs/demo-quick" if args.quick else "runs/demo")
+    from boxcaseg.io import check_output_path
+    check_output_path(out, kind="dir")  # before 13 minutes of work, not after
     run_demo(out, quick=args.quick, seed=args.seed, fresh=args.fresh,
              progress=not args.no_progress)
     return 0

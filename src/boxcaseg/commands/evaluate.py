@@ -47,6 +47,18 @@ def detect_kind(pred: Any, source: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.out:
+        return _run(args)
+    from boxcaseg.io import check_output_path, remove_stale_temp_files
+    from boxcaseg.runlock import OutputLock
+
+    out = check_output_path(args.out, kind="file")  # before reading and scoring anything
+    with OutputLock(out.resolve(), "boxcaseg eval"):
+        remove_stale_temp_files(out)  # left by a killed run
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from boxcaseg.data.coco import parse_coco
     from boxcaseg.evaluation import report
     from boxcaseg.io import atomic_write_json, read_json

@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from boxcaseg.data.demo import make_demo_data
+    from boxcaseg.io import check_output_path
+
+    check_output_path(args.out, kind="dir")
 
     try:
         paths = make_demo_data(args.out, args.seed, n_salient=args.n_salient,

@@ -9,7 +9,8 @@ Examples:
 Writes OUT/results.json (COCO results: image_id, category_id, RLE segmentation, score, bbox)
 and OUT/<image stem>.png with masks, boxes, class names and scores drawn. Without --gt the
 image_id of each image is its position in the (expanded, directories sorted) list. Missing or
-corrupt images are warned about, counted and skipped.
+corrupt images are warned about, counted and skipped; if none can be read, nothing is written
+and the exit code is 2. A second run on the same --out is refused while the first runs.
 """
 
 from __future__ import annotations
@@ -36,6 +37,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from boxcaseg.io import check_output_path, remove_stale_temp_files
+    from boxcaseg.runlock import OutputLock
+
+    out = check_output_path(args.out, kind="dir")  # before loading a model or any image
+    with OutputLock(out.resolve(), "boxcaseg predict"):
+        remove_stale_temp_files(out / "results.json")  # left by a killed run
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from boxcaseg.maskrcnn.predict import predict_images
 
     paths: list = list(args.images)

@@ -61,6 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from boxcaseg.io import check_output_path
+    check_output_path(args.out, kind="dir")  # before reading thousands of files
     if args.dataset == "duts-single":
         from boxcaseg.prepare.duts_single import (DutsSingleParams, prepare_duts_single,
                                                   read_exclude_list)

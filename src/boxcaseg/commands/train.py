@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "model.heads=[weak,salient]")
     parser.add_argument("--out", help="output directory (overrides out_dir)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue from OUT/last.pt (exactly: same data order and RNG)")
+                        help="continue from OUT/last.pt (exactly: same data order and RNG); "
+                             "refused if the box file, the salient set or a setting changed")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. lr=0.01 max_iters=1000 min_size=[480,512]")
     parser.add_argument("--out", help="output directory (overrides out_dir)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUT/last.pt; refused if train_json or a setting "
+                             "changed (max_iters may grow)")
 
 
 def run(args: argparse.Namespace) -> int:

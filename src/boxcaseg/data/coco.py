@@ -6,10 +6,11 @@ field, and exposes a validated, typed view (``CocoData.images``) for the stages:
 * unknown ``category_id`` / missing ``image_id`` / missing keys -> ``DataError`` naming the
   file and annotation id;
 * a box sticking out of its image -> clipped, counted in ``report["clipped_box"]``, warned;
-* zero or negative width/height in the file, or a box lying wholly outside its image ->
-  skipped, listed in ``skipped`` with the reason, counted in ``report``, warned;
-* malformed entries (not an object, non-integer ids, non-finite or boolean box values,
-  duplicate image / annotation / category ids) -> ``DataError``;
+* zero or negative width/height in the file, a width or height below one pixel
+  (``sub_pixel_box``), or a box lying wholly outside its image -> skipped, listed in
+  ``skipped`` with the reason, counted in ``report``, warned;
+* malformed entries (not an object, non-integer or quoted ("1") ids, non-finite or boolean
+  box values, duplicate image / annotation / category ids) -> ``DataError``;
 * ``iscrowd`` annotations stay in the view (``BoxAnnotation.iscrowd``); training excludes them
   and evaluation handles them as COCO does.
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from boxcaseg.errors import DataError
-from boxcaseg.io import read_image_rgb, read_json
+from boxcaseg.io import image_size, read_json, size_mismatch_message
 from boxcaseg.structures import xywh_to_xyxy
 
 log = logging.getLogger(__name__)
@@ -75,12 +76,11 @@ def _require(obj: dict[str, Any], keys: tuple[str, ...], what: str, source: str)
 
 
 def _int_id(value: Any, what: str, source: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise DataError(f"{source}: {what} must be an integer, got {value!r}")
-    try:
-        as_float = float(value)
-    except ValueError:
-        raise DataError(f"{source}: {what} must be an integer, got {value!r}") from None
+    # a JSON string "1" is not an id: COCO tools would not match it to the integer 1
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DataError(f"{source}: {what} must be an integer, got {value!r} (write it as a "
+                        "JSON number, without quotes)")
+    as_float = float(value)
     if not math.isfinite(as_float) or as_float != int(as_float):
         raise DataError(f"{source}: {what} must be an integer, got {value!r}")
     return int(as_float)
@@ -125,10 +125,10 @@ def parse_coco(data: Any, source: str = "<memory>", image_root: str | os.PathLik
             raise DataError(f"{source}: image {im['id']} ({im['file_name']}) has size {w}x{h}")
         path = root / im["file_name"] if root is not None else None
         if check_images and path is not None:
-            arr = read_image_rgb(path)
-            if arr.shape[:2] != (h, w):
-                raise DataError(f"{source}: image {im['id']} ({path}) is {arr.shape[1]}x{arr.shape[0]} "
-                                f"on disk but {w}x{h} in the JSON")
+            disk = image_size(path)  # header only, EXIF orientation applied
+            if disk != (w, h):
+                raise DataError(size_mismatch_message(path, disk, (w, h),
+                                                      f"{source} (image {iid})"))
         images[iid] = ImageEntry(iid, str(im["file_name"]), path, w, h)
     result = CocoData(source, data, list(images.values()), categories)
     seen: set[int] = set()
@@ -157,6 +157,14 @@ def parse_coco(data: Any, source: str = "<memory>", image_root: str | os.PathLik
             reason = f"zero or negative size box {list(bbox)}"
             result.skipped.append((ann_id, reason))
             result.report["zero_size_box"] += 1
+            log.warning("%s: annotation %s skipped: %s", source, aid, reason)
+            continue
+        if bbox[2] < 1 or bbox[3] < 1:
+            # no pixel-sized mask can be made or checked for it (an empty flagged mask would
+            # look like a labeler failure)
+            reason = f"sub-pixel box {list(bbox)} (width or height < 1 px)"
+            result.skipped.append((ann_id, reason))
+            result.report["sub_pixel_box"] += 1
             log.warning("%s: annotation %s skipped: %s", source, aid, reason)
             continue
         cx1, cy1 = min(max(x1, 0.0), img.width), min(max(y1, 0.0), img.height)

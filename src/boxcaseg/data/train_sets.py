@@ -26,7 +26,7 @@ from boxcaseg.data.coco import BoxAnnotation, CocoData, ImageEntry
 from boxcaseg.data.crops import augmented_box_crop, salient_box, salient_box_crop, salient_crop
 from boxcaseg.data.sampler import BOX, SALIENT, SampleRef
 from boxcaseg.errors import DataError
-from boxcaseg.io import read_image_rgb
+from boxcaseg.io import read_image_rgb, size_mismatch_message
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,30 @@ def _sample(image: np.ndarray, box: tuple[float, ...], mask: np.ndarray | None,
             "is_salient": salient}
 
 
+# a sample that proves unreadable mid-run (a truncated file passes the header screen) is
+# replaced by the next good one instead of killing a DataLoader worker hours in
+MAX_SUBSTITUTES = 16
+
+
+def load_with_substitute(load: Any, index: int, n: int, bad: set[int]) -> tuple[Any, int]:
+    """``(load(j), j)`` for the first ``j = index, index+1, ...`` (mod n) that loads; each
+    failure is warned about once (per process) and remembered in ``bad``."""
+    last: DataError | None = None
+    for step in range(min(n, MAX_SUBSTITUTES)):
+        j = (index + step) % n
+        if j in bad:
+            continue
+        try:
+            return load(j), j
+        except DataError as e:  # ImageReadError included
+            bad.add(j)
+            last = e
+            log.warning("%s; sample skipped for the rest of the run (a neighbouring sample "
+                        "replaces it)", e)
+    raise DataError(f"{MAX_SUBSTITUTES} consecutive training samples are unreadable, "
+                    f"last: {last}")
+
+
 class BoxCropDataset:
     """Every non-crowd box of a COCO set is one sample: jittered crop resized to ``S x S``."""
 
@@ -93,16 +117,27 @@ class BoxCropDataset:
         needed = sum(im.width * im.height * 3 for im in {id(e): e for e, _ in self.items}.values())
         # Cache only when the whole decoded set fits: a partial cache just wastes memory.
         self._cache = ImageCache(cache_bytes if needed <= cache_bytes else 0)
+        self._bad: set[int] = set()  # indices found unreadable mid-run (this process)
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def get(self, index: int, seed: int) -> dict[str, Any]:
+    def drop_images(self, image_ids: set[int]) -> int:
+        """Leave out every box of these images (found bad up front); returns boxes dropped."""
+        before = len(self.items)
+        self.items = [(im, ann) for im, ann in self.items if im.id not in image_ids]
+        return before - len(self.items)
+
+    def _load(self, index: int) -> tuple[np.ndarray, BoxAnnotation]:
         im, ann = self.items[index]
         image = self._cache.get(im.id, lambda: read_image_rgb(im.path))  # type: ignore[arg-type]
         if image.shape[:2] != (im.height, im.width):
-            raise DataError(f"{im.path}: image is {image.shape[1]}x{image.shape[0]} on disk but "
-                            f"{im.width}x{im.height} in {self.coco.source}")
+            raise DataError(size_mismatch_message(im.path, (image.shape[1], image.shape[0]),
+                                                  (im.width, im.height), self.coco.source))
+        return image, ann
+
+    def get(self, index: int, seed: int) -> dict[str, Any]:
+        (image, ann), _ = load_with_substitute(self._load, index, len(self), self._bad)
         rng = np.random.default_rng(seed)
         crop, box = augmented_box_crop(image, ann.box, self.crop_size, rng, self.augment,
                                        self.jitter)
@@ -130,12 +165,24 @@ class SalientCropDataset:
         self.retries = retries
         self.mode, self.jitter = mode, jitter
         self._cache = ImageCache(cache_bytes)
+        self.indices: list[int] = list(range(len(folder)))  # pairs in use (restrict drops some)
+        self._bad: set[int] = set()
 
     def __len__(self) -> int:
-        return len(self.folder)
+        return len(self.indices)
+
+    def restrict(self, bad: set[int]) -> int:
+        """Leave out these pairs of the folder (found bad up front); returns pairs dropped."""
+        before = len(self.indices)
+        self.indices = [i for i in self.indices if i not in bad]
+        return before - len(self.indices)
+
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        pair = self.indices[index]
+        return self._cache.get(pair, lambda: self.folder.load(pair))
 
     def get(self, index: int, seed: int) -> dict[str, Any]:
-        image, mask = self._cache.get(index, lambda: self.folder.load(index))
+        (image, mask), _ = load_with_substitute(self._load, index, len(self), self._bad)
         rng = np.random.default_rng(seed)
         if self.mode == "box" or (self.mode == "mixed" and rng.random() < 0.5):
             crop, cmask = salient_box_crop(image, mask, self.crop_size, rng, self.jitter,

@@ -49,12 +49,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
 from boxcaseg.data.coco import CocoData, parse_coco
 from boxcaseg.errors import DataError
-from boxcaseg.io import read_mask_png
+from boxcaseg.io import image_size, read_mask_png
 from boxcaseg.structures import box_iou, box_to_mask, mask_to_box, mask_to_rle, xyxy_to_xywh
 
 log = logging.getLogger(__name__)
@@ -250,8 +249,7 @@ def _image_size(ann: VocAnnotation, path: Path | None, xml_path: Path) -> tuple[
         return ann.width, ann.height
     if path is None or not path.is_file():
         raise DataError(f"{xml_path}: no <size> and no image to read the size from")
-    with Image.open(path) as im:  # header only
-        return im.size
+    return image_size(path)  # header only, upright (EXIF applied) like every reader
 
 
 def instances_to_annotations(masks: Sequence[np.ndarray], classes: Sequence[str | None],

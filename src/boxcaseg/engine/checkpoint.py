@@ -39,7 +39,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for torn / foreign files
-        raise DataError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from e
+        text = str(e)
+        if "Weights only load failed" in text or "invalid load key" in text:
+            what = "not a torch.save file, or one holding code boxcaseg does not unpickle"
+        else:
+            what = f"{type(e).__name__}: {(text.strip().splitlines() or [''])[0][:200]}"
+        raise DataError(f"{path}: cannot read checkpoint ({what}) (give a checkpoint written "
+                        "by boxcaseg train or train-maskrcnn)") from e
     if not isinstance(state, dict) or "model" not in state:
         raise DataError(f"{path}: not a boxcaseg checkpoint (no 'model' entry)")
     return state

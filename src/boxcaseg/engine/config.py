@@ -23,6 +23,9 @@ class TrainConfig:
     images_root: str = ""  # folder of the box images; "" = <boxes_json folder>/images
     num_salient: int | None = None  # use N salient images, a random sample drawn with `seed`; None = all
     cache_images_mb: int = 1024  # keep decoded images in RAM if the set fits (per worker)
+    # unusable samples (unreadable, size mismatch, empty mask) are skipped and counted; the run
+    # stops up front if more than this fraction of the box or the salient set is unusable
+    max_bad_fraction: float = 0.05
     # output
     out_dir: str = "runs/boxcaseg"
     # batches and crops
@@ -90,6 +93,8 @@ class TrainConfig:
         for name in ("lr", "momentum", "weight_decay", "poly_power", "smooth_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ConfigError(f"max_bad_fraction must lie in [0, 1], got {self.max_bad_fraction}")
         if self.num_workers < 0 or self.checkpoint_every < 1 or self.log_every < 1:
             raise ConfigError("num_workers must be >= 0, checkpoint_every and log_every >= 1")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):

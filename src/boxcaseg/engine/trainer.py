@@ -30,10 +30,13 @@ from tqdm import tqdm
 from boxcaseg.config import dump_yaml, to_dict
 from boxcaseg.data.sampler import MixedBatchSampler
 from boxcaseg.data.train_sets import BoxCropDataset, MixedDataset, SalientCropDataset
+from boxcaseg.data.validate import screen_box_dataset, screen_salient_dataset
 from boxcaseg.data.transforms import normalize
 from boxcaseg.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from boxcaseg.engine.config import TrainConfig
 from boxcaseg.engine.distributed import DistInfo, all_finite, barrier, cleanup, init_distributed
+from boxcaseg.engine.run_guard import (RUNTIME_KEYS, check_resume, input_fingerprints,
+                                       output_guard, salient_listing)
 from boxcaseg.errors import ConfigError, DataError, TrainingDivergedError
 from boxcaseg.io import atomic_write_text
 
@@ -57,6 +60,7 @@ def build_datasets(cfg: TrainConfig) -> tuple[BoxCropDataset | None, SalientCrop
         coco = load_coco(cfg.boxes_json, root)
         box_ds = BoxCropDataset(coco, cfg.crop_size, augment=True, cache_bytes=cache,
                                 jitter=cfg.box_jitter)
+        screen_box_dataset(box_ds, cfg.max_bad_fraction)
         if len(box_ds) == 0:
             raise DataError(f"{cfg.boxes_json}: no usable (non-crowd) boxes to train on")
     if cfg.box_per_batch < cfg.batch_size:
@@ -65,6 +69,7 @@ def build_datasets(cfg: TrainConfig) -> tuple[BoxCropDataset | None, SalientCrop
         folder = SalientFolder(cfg.salient_root, limit=cfg.num_salient, sample_seed=cfg.seed)
         sal_ds = SalientCropDataset(folder, cfg.salient_resize, cfg.crop_size, cache_bytes=cache,
                                     mode=cfg.salient_crop, jitter=cfg.box_jitter)
+        screen_salient_dataset(sal_ds, cfg.max_bad_fraction)
         if len(sal_ds) == 0:
             raise DataError(f"{cfg.salient_root}: no salient images found")
     return box_ds, sal_ds
@@ -155,7 +160,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     cfg.validate()
     info = init_distributed(cfg.device)
     try:
-        return _train(cfg, resume, info, progress)
+        with output_guard(cfg.out_dir, "boxcaseg train", info.is_main):
+            return _train(cfg, resume, info, progress)
     finally:
         cleanup(info)
 
@@ -196,14 +202,17 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, progress: bool = True
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     step = 0
+    inputs = input_fingerprints(
+        {"boxes_json": cfg.boxes_json if box_ds is not None else None},
+        {"salient listing": salient_listing(sal_ds.folder)
+         if sal_ds is not None and hasattr(sal_ds.folder, "names") else None})
     if resume and last.exists():
         ckpt = load_checkpoint(last)
         if ckpt.get("model_config") != to_dict(cfg.model):
             raise ConfigError(f"{last}: saved model config {ckpt.get('model_config')} differs "
                               f"from the requested {to_dict(cfg.model)}; cannot resume")
-        if ckpt.get("train_config") != to_dict(cfg):
-            log.warning("%s: resuming with a training config that differs from the saved one",
-                        last)
+        check_resume(last, ckpt.get("train_config"), to_dict(cfg), ckpt.get("inputs"), inputs,
+                     RUNTIME_KEYS | {"boxes_json", "salient_root"})  # compared by content
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -212,7 +221,7 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, progress: bool = True
         step = int(ckpt["step"])
         log.info("resumed from %s at step %d", last, step)
     elif resume:
-        log.warning("%s not found: starting a fresh run", last)
+        log.warning("--resume: nothing to resume (%s not found); starting a fresh run", last)
     sampler.load_state_dict(sampler.state_for_step(step))
 
     net: torch.nn.Module = model
@@ -238,7 +247,8 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, progress: bool = True
                 "model": model.state_dict(), "model_config": to_dict(cfg.model),
                 "train_config": to_dict(cfg), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "sampler": sampler.state_for_step(step), "step": step, "rng": rng_state()})
+                "sampler": sampler.state_for_step(step), "step": step, "rng": rng_state(),
+                "inputs": inputs})
 
     log.info("training %d steps (%d per epoch, batch %d per process x %d processes) on %s%s",
              total, len(sampler), cfg.batch_size, info.world_size, device,

@@ -34,11 +34,11 @@ from tqdm import tqdm
 from boxcaseg.config import to_dict
 from boxcaseg.data.coco import CocoData, ImageEntry
 from boxcaseg.errors import ConfigError, DataError, ImageReadError
-from boxcaseg.io import atomic_write_json, read_image_rgb
+from boxcaseg.io import atomic_write_json, read_image_rgb, size_mismatch_message
 from boxcaseg.labeling.baselines import box_mask, grabcut_mask_status
 from boxcaseg.labeling.config import METHODS, LabelConfig, resolve_crop_size
 from boxcaseg.labeling.merge_drop import drop_decisions, merge_smaller_first
-from boxcaseg.structures import mask_to_rle
+from boxcaseg.structures import fill_missing_segmentations, mask_to_rle
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,8 @@ class LabelSummary:
 
 
 def _reason_kind(reason: str) -> str:
+    if "sub-pixel" in reason:
+        return "sub_pixel_box"
     if "outside" in reason:
         return "box_outside_image"
     if "zero" in reason or "negative" in reason:
@@ -165,8 +167,8 @@ def _load(entry: ImageEntry) -> np.ndarray:
         raise ImageReadError(f"image {entry.id} ({entry.file_name}): no image root given")
     image = read_image_rgb(entry.path)
     if image.shape[:2] != (entry.height, entry.width):
-        raise ImageReadError(f"{entry.path}: image is {image.shape[1]}x{image.shape[0]} on disk "
-                             f"but {entry.width}x{entry.height} in the JSON")
+        raise ImageReadError(size_mismatch_message(
+            entry.path, image.shape[1::-1], (entry.width, entry.height), "the JSON"))
     return image
 
 
@@ -314,6 +316,7 @@ def label_dataset(coco: CocoData, out_path: str | os.PathLike, method: str,
     summary.seconds = time.perf_counter() - t0
 
     output = _assemble(coco, done, method, cfg, summary)
+    fill_missing_segmentations(output)  # issue 12: COCO tools need a segmentation everywhere
     atomic_write_json(out_path, output)
     side.unlink(missing_ok=True)
     return summary

@@ -46,6 +46,9 @@ class MaskRCNNConfig:
     val_images_root: str | None = None  # defaults to images_root
     out_dir: str = "runs/maskrcnn"
     num_workers: int = 4
+    # images that are missing, unreadable or of another size than the JSON says are skipped and
+    # counted; training stops up front if more than this fraction of the images is unusable
+    max_bad_fraction: float = 0.05
     hflip_prob: float = 0.5
 
     # --- model
@@ -130,6 +133,8 @@ class MaskRCNNConfig:
             raise bad("steps", f"must be increasing iteration numbers, got {list(self.steps)}")
         if self.epochs is not None and self.epochs <= 0:
             raise bad("epochs", f"must be > 0, got {self.epochs}")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise bad("max_bad_fraction", f"must lie in [0, 1], got {self.max_bad_fraction}")
         if self.num_workers < 0:
             raise bad("num_workers", f"must be >= 0, got {self.num_workers}")
         if not 0 <= self.hflip_prob <= 1:

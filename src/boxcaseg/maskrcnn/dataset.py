@@ -3,7 +3,8 @@
 Which annotations train what:
 
 * ``iscrowd=1``: not trained on (neither boxes nor masks);
-* no ``segmentation`` (e.g. a box the labeler skipped): ignored entirely, warned and counted
+* no ``segmentation``, or the labeler's empty placeholder (``boxcaseg_no_mask``, a box it
+  skipped or could not label): ignored entirely, warned and counted
   (``report["no_segmentation"]``); zero-size / outside boxes were already dropped by
   :func:`boxcaseg.data.coco.load_coco`;
 * ``"ignore_mask": true``: trains the box/class branches, ``mask_valid`` false (left out of
@@ -32,8 +33,9 @@ from torch.utils.data import Dataset
 
 from boxcaseg.data.coco import CocoData, ImageEntry
 from boxcaseg.errors import DataError
-from boxcaseg.io import read_image_rgb
-from boxcaseg.structures import segmentation_to_mask
+from boxcaseg.data.train_sets import load_with_substitute
+from boxcaseg.io import read_image_rgb, size_mismatch_message
+from boxcaseg.structures import NO_MASK_KEY, segmentation_to_mask
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +66,14 @@ class MaskRCNNDataset(Dataset):
         raw_by_id = {int(a["id"]): a for a in coco.raw.get("annotations", [])}
         self.report: Counter = Counter()
         self.entries: list[tuple[ImageEntry, list[tuple[Any, bool]]]] = []
+        self._bad: set[int] = set()  # entries found unreadable mid-run (this process)
         for im in coco.images:
             usable = []
             for ann in im.annotations:
                 if ann.iscrowd:
                     self.report["crowd"] += 1
                     continue
-                if ann.segmentation is None:
+                if ann.segmentation is None or raw_by_id.get(ann.id, {}).get(NO_MASK_KEY):
                     self.report["no_segmentation"] += 1
                     log.warning("%s: annotation %d (image %s) has no segmentation: ignored",
                                 coco.source, ann.id, im.file_name)
@@ -101,14 +104,19 @@ class MaskRCNNDataset(Dataset):
         return len(self.entries)
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        # an image that proves unreadable mid-run is replaced by the next good one (warned)
+        item, _ = load_with_substitute(self._item, idx, len(self), self._bad)
+        return item
+
+    def _item(self, idx: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         im, anns = self.entries[idx]
         if im.path is None:
             raise DataError(f"{self.coco.source}: no image root given for {im.file_name}")
         rgb = read_image_rgb(im.path)
         h, w = rgb.shape[:2]
         if (h, w) != (im.height, im.width):
-            raise DataError(f"{self.coco.source}: image {im.id} ({im.path}) is {w}x{h} on disk "
-                            f"but {im.width}x{im.height} in the JSON")
+            raise DataError(size_mismatch_message(im.path, (w, h), (im.width, im.height),
+                                                  f"{self.coco.source} (image {im.id})"))
         masks = np.zeros((len(anns), h, w), dtype=np.uint8)
         for k, (ann, _) in enumerate(anns):
             try:
@@ -132,6 +140,21 @@ class MaskRCNNDataset(Dataset):
             "image_id": torch.tensor(im.id, dtype=torch.int64),
         }
         return image.contiguous(), target
+
+
+def screen_maskrcnn_dataset(dataset: MaskRCNNDataset, max_bad_fraction: float) -> None:
+    """Leave out images that are missing, unreadable or mis-sized (header check), warned and
+    counted in ``dataset.report["bad_image"]``; DataError if more than ``max_bad_fraction``
+    of the images are."""
+    from boxcaseg.data.validate import ScreenResult, enforce_bad_fraction, screen_box_images
+
+    source = dataset.coco.source
+    bad = screen_box_images([im for im, _ in dataset.entries], source)
+    result = ScreenResult("images", len(dataset.entries),
+                          [(f"image {iid}", reason) for iid, reason in bad.items()])
+    enforce_bad_fraction(result, max_bad_fraction, source)
+    dataset.entries = [(im, anns) for im, anns in dataset.entries if im.id not in bad]
+    dataset.report["bad_image"] += len(bad)
 
 
 def collate(batch: list) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:

@@ -166,12 +166,15 @@ def predict_images(checkpoint: str | os.PathLike, image_paths: Sequence[str | os
     stems = {iid: p.stem for iid, p in zip(ids, paths)}
     used_names: Counter = Counter(stems.values())
 
+    first_error: list[str] = []
+
     def readable():
         for iid, p in zip(ids, paths):
             try:
                 yield iid, read_image_rgb(p)
             except ImageReadError as e:
                 counts["unreadable"] += 1
+                first_error[:] = first_error or [str(e)]
                 log.warning("%s: skipped", e)
 
     def save_png(iid: int, rgb: np.ndarray, res: list[dict[str, Any]]) -> None:
@@ -184,6 +187,10 @@ def predict_images(checkpoint: str | os.PathLike, image_paths: Sequence[str | os
 
     results = run_model(model, readable(), dev, cats, mask_thresh, score_thresh, batch_size,
                         progress, total=len(paths), on_image=save_png)
+    if paths and counts["images"] == 0:  # an empty results.json would look like "no objects"
+        raise DataError(f"none of the {len(paths)} image(s) could be read, first: "
+                        f"{first_error[0]} "
+                        "(check the image paths; nothing was written)")
     atomic_write_json(out / "results.json", results)
     log.info("predict: %d image(s), %d detection(s), %d unreadable image(s) skipped -> %s",
              counts["images"], len(results), counts["unreadable"], out / "results.json")

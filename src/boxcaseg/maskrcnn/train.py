@@ -34,14 +34,21 @@ from boxcaseg.config import dump_yaml, to_dict
 from boxcaseg.data.coco import load_coco
 from boxcaseg.engine import distributed as dist_utils
 from boxcaseg.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from boxcaseg.engine.run_guard import RUNTIME_KEYS, check_resume, input_fingerprints, output_guard
 from boxcaseg.errors import ConfigError, DataError, ImageReadError, TrainingDivergedError
 from boxcaseg.io import atomic_write_json, atomic_write_text, read_image_rgb
 from boxcaseg.maskrcnn.config import MaskRCNNConfig
-from boxcaseg.maskrcnn.dataset import MaskRCNNDataset, collate
+from boxcaseg.maskrcnn.dataset import MaskRCNNDataset, collate, screen_maskrcnn_dataset
 from boxcaseg.maskrcnn.model import build_maskrcnn
 from boxcaseg.maskrcnn.predict import CHECKPOINT_FORMAT, load_maskrcnn, run_model
 
 log = logging.getLogger(__name__)
+
+# resuming with these changed still continues the same trajectory: the lr schedule depends on
+# the iteration only, so a longer max_iters extends a run; evaluation settings act at the end
+# (train_json is compared by content, not by path)
+RESUMABLE_CHANGES = RUNTIME_KEYS | {"max_iters", "epochs", "val_json", "val_images_root",
+                                    "score_thresh", "mask_thresh", "train_json"}
 
 
 # --------------------------------------------------------------------------- schedule
@@ -207,7 +214,8 @@ def train_maskrcnn(cfg: MaskRCNNConfig, resume: bool = False, progress: bool = T
     cfg.require_data()
     info = dist_utils.init_distributed(cfg.device)
     try:
-        return _train(cfg, resume, progress, info)
+        with output_guard(cfg.out_dir, "boxcaseg train-maskrcnn", info.is_main):
+            return _train(cfg, resume, progress, info)
     finally:
         dist_utils.cleanup(info)
 
@@ -219,12 +227,17 @@ def _train(cfg: MaskRCNNConfig, resume: bool, progress: bool,
     if cfg.batch_size % info.world_size:
         raise ConfigError(f"MaskRCNNConfig.batch_size: {cfg.batch_size} images cannot be split "
                           f"evenly over {info.world_size} processes")
+    if last_path.exists() and not resume:
+        raise ConfigError(f"{last_path} exists: pass --resume to continue that run, or choose "
+                          "another output directory")
     per_rank = cfg.batch_size // info.world_size
     device = info.device
     torch.manual_seed(cfg.seed + info.rank)
 
     coco = load_coco(cfg.train_json, cfg.images_root)
     dataset = MaskRCNNDataset(coco, train=True, hflip_prob=cfg.hflip_prob)
+    screen_maskrcnn_dataset(dataset, cfg.max_bad_fraction)
+    inputs = input_fingerprints({"train_json": cfg.train_json})
     if len(dataset) == 0:
         raise DataError(f"{cfg.train_json}: no image with a usable annotation "
                         f"(report: {dict(dataset.report)})")
@@ -244,6 +257,8 @@ def _train(cfg: MaskRCNNConfig, resume: bool, progress: bool,
             ckpt = load_checkpoint(last_path)
             if ckpt.get("format") != CHECKPOINT_FORMAT:
                 raise DataError(f"{last_path}: not a Mask R-CNN checkpoint")
+            check_resume(last_path, ckpt.get("config"), to_dict(cfg), ckpt.get("inputs"),
+                         inputs, RESUMABLE_CHANGES)
             if [c["id"] for c in ckpt["categories"]] != [c["id"] for c in categories]:
                 raise DataError(f"{last_path}: trained on categories "
                                 f"{[c['id'] for c in ckpt['categories']]}, {cfg.train_json} has "
@@ -257,7 +272,8 @@ def _train(cfg: MaskRCNNConfig, resume: bool, progress: bool,
             start = int(ckpt["iteration"])
             log.info("resumed from %s at iteration %d", last_path, start)
         else:
-            log.warning("--resume: %s does not exist, starting from scratch", last_path)
+            log.warning("--resume: nothing to resume (%s not found); starting a fresh run",
+                        last_path)
 
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -271,7 +287,7 @@ def _train(cfg: MaskRCNNConfig, resume: bool, progress: bool,
         return checkpoint_state(model, cfg, categories, it, {
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "scaler": scaler.state_dict() if use_amp else {}, "rng": rng_state(),
-            "max_iters": max_iters})
+            "max_iters": max_iters, "inputs": inputs})
 
     writer = _tensorboard(out / "tb") if info.is_main and start < max_iters else None
     n_batches = len(epoch_batches(len(dataset), per_rank, 0, cfg.seed, info.rank,

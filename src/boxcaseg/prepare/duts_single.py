@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 
 from boxcaseg.errors import DataError, ImageReadError
-from boxcaseg.io import atomic_write, atomic_write_json, read_mask_png
+from boxcaseg.io import atomic_write, atomic_write_json, image_size, read_mask_png
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +124,9 @@ def judge(image_path: Path | None, mask_path: Path | None, params: DutsSinglePar
         return "missing image", None
     if mask_path is None:
         return "missing mask", None
-    try:
-        with Image.open(image_path) as im:  # header only: size, and that it is an image
-            size = im.size
-    except (OSError, ValueError, SyntaxError) as e:
+    try:  # header only: size (upright, EXIF applied), and that it is an image
+        size = image_size(image_path)
+    except ImageReadError as e:
         return f"unreadable image ({e})", None
     try:
         mask = read_mask_png(mask_path)

@@ -32,13 +32,12 @@ from typing import Any
 
 import numpy as np
 import scipy.io
-from PIL import Image
 
 from boxcaseg.data.coco import parse_coco
 from boxcaseg.data.voc import (VOC_CLASSES, categories, instances_to_annotations, parse_voc_xml,
                                read_id_list, read_voc_instances, voc_image_ids, voc_to_coco_dict)
 from boxcaseg.errors import DataError
-from boxcaseg.io import atomic_write_json, atomic_write_text
+from boxcaseg.io import atomic_write_json, atomic_write_text, image_size
 from boxcaseg.structures import mask_to_box, mask_to_rle, xyxy_to_xywh
 
 log = logging.getLogger(__name__)
@@ -105,11 +104,7 @@ def split_ids(voc: Path, sbd: Path) -> tuple[list[str], list[str], dict[str, int
 
 
 def _jpeg_size(path: Path) -> tuple[int, int]:
-    try:
-        with Image.open(path) as im:  # header only
-            return im.size
-    except (OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"{path}: cannot read image header ({e})") from e
+    return image_size(path)  # header only, upright (EXIF applied) like every reader
 
 
 def _sbd_only_annotations(masks: list[np.ndarray], classes: list[str | None],
