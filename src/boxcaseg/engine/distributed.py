@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -45,8 +46,12 @@ def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
     return dev
 
 
-def init_distributed(device_pref: str = "auto") -> DistInfo:
-    """Join the process group described by the environment, or run single-process."""
+def init_distributed(device_pref: str = "auto", timeout: timedelta | None = None) -> DistInfo:
+    """Join the process group described by the environment, or run single-process.
+
+    ``timeout``: how long collectives (barriers) wait; torch's default when None. Labeling
+    passes a long one: ranks that finish their shard early wait for the slowest.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", str(rank)))
@@ -57,8 +62,9 @@ def init_distributed(device_pref: str = "auto") -> DistInfo:
         torch.cuda.set_device(device)
     owns = False
     if not dist.is_initialized():
+        kwargs = {} if timeout is None else {"timeout": timeout}
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                rank=rank, world_size=world)
+                                rank=rank, world_size=world, **kwargs)
         owns = True
     return DistInfo(rank, world, local, device, owns)
 
@@ -73,6 +79,11 @@ def barrier(info: DistInfo) -> None:
 
 def all_finite(flag: bool, info: DistInfo) -> bool:
     """True iff ``flag`` is true on every rank (so all ranks stop together on a NaN)."""
+    return all_true(flag, info)
+
+
+def all_true(flag: bool, info: DistInfo) -> bool:
+    """True iff ``flag`` is true on every rank (a collective: every rank must call it)."""
     if not info.distributed:
         return flag
     t = torch.tensor([1 if flag else 0], device=info.device, dtype=torch.int32)

@@ -45,6 +45,9 @@ class LabelConfig:
     native_resolution: bool = True  # predict at the model's output resolution and resample only
     #                               # the box's own pixels (instead of upsampling to crop_size)
     grabcut_iters: int = 5        # cv2.grabCut iterations for the GrabCut baseline
+    # --- output ---------------------------------------------------------------------------
+    segmentation: str = "rle"     # "rle" (COCO compressed RLE) or "polygon" (exact, holes
+    #                               # keyholed: labeling/formats.py)
     # --- bookkeeping ----------------------------------------------------------------------
     chunk_images: int = 8         # images per progress-sidecar flush (resume granularity)
 
@@ -70,6 +73,8 @@ class LabelConfig:
             raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.grabcut_iters < 1:
             raise ConfigError(f"grabcut_iters must be >= 1, got {self.grabcut_iters}")
+        if self.segmentation not in ("rle", "polygon"):
+            raise ConfigError(f"segmentation must be rle or polygon, got {self.segmentation!r}")
         if self.chunk_images < 1:
             raise ConfigError(f"chunk_images must be >= 1, got {self.chunk_images}")
 

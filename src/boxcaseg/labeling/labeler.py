@@ -1,49 +1,44 @@
-"""The auto-labeler: a box dataset in, the same COCO JSON with proxy masks out (paper Sec. 3.4).
+"""The auto-labeler: image tasks in, one record per image out (paper Sec. 3.4).
 
 For every non-crowd box: a mask (``boxcaseg`` model, ``grabcut`` or the filled ``box``), then,
-per image, merge ("smaller object better") and drop ("proxy box agreement"). The output is the
-input JSON with, on each labeled annotation, ``segmentation`` (compressed RLE), ``area``
-(mask pixels), ``ignore_mask`` and ``proxy_iou``, plus a top-level ``boxcaseg_label`` block
-(method, config, summary). Everything else is kept as it was, key order included: crowd
-annotations, zero-size / outside boxes (skipped, counted) and the annotations of images that
-cannot be read (counted as failed) are passed through untouched.
+per image, merge ("smaller object better") and drop ("proxy box agreement"). Masks are held
+per box (``boxmask.BoxMask``: box-sized arrays), never as K full-image arrays.
 
-Resumability: per-image results are appended to ``<out>.partial.jsonl`` (flushed and fsynced
-every ``cfg.chunk_images`` images). ``resume=True`` skips the images already there, so an
-interrupted run finishes with the byte-identical file an uninterrupted run writes; the final
-JSON is written atomically and the sidecar removed.
+:func:`label_images` is the whole labeler: it knows nothing of files, ranks or output
+formats. A record is ``{"image_id", "error", "fallbacks", "anns": [[annotation id, fields],
+...]}`` with ``fields`` = ``segmentation`` (compressed RLE or polygons), ``area`` (mask
+pixels), ``ignore_mask`` and ``proxy_iou``. ``labeling.shards`` writes records to resumable
+part files, shards over processes and merges; ``labeling.formats`` writes the outputs.
+
+:func:`label_dataset` is the one-call API (``CocoData`` in, output file out); see
+``shards.label_job`` for what it does with resume, locks and torchrun.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from boxcaseg.config import to_dict
-from boxcaseg.data.coco import CocoData, ImageEntry
-from boxcaseg.errors import ConfigError, DataError, ImageReadError
-from boxcaseg.io import atomic_write_json, read_image_rgb, size_mismatch_message
-from boxcaseg.labeling.baselines import box_mask, grabcut_mask_status
-from boxcaseg.labeling.config import METHODS, LabelConfig, resolve_crop_size
-from boxcaseg.labeling.merge_drop import drop_decisions, merge_smaller_first
-from boxcaseg.structures import fill_missing_segmentations, mask_to_rle
+from boxcaseg.errors import ConfigError, ImageReadError
+from boxcaseg.io import read_image_rgb, size_mismatch_message
+from boxcaseg.labeling import boxmask
+from boxcaseg.labeling.baselines import grabcut_mask_status
+from boxcaseg.labeling.boxmask import BoxMask
+from boxcaseg.labeling.config import METHODS, LabelConfig
 
 log = logging.getLogger(__name__)
 
 SIDECAR_SUFFIX = ".partial.jsonl"
-SIDECAR_VERSION = 1
 
 
 @dataclass
@@ -123,8 +118,32 @@ def _reason_kind(reason: str) -> str:
     return reason
 
 
+def _reason_kind(reason: str) -> str:
+    if "sub-pixel" in reason:
+        return "sub_pixel_box"
+    if "outside" in reason:
+        return "box_outside_image"
+    if "zero" in reason or "negative" in reason:
+        return "zero_size_box"
+    return reason
+
+
 def sidecar_path(out_path: str | os.PathLike) -> Path:
+    """The progress file of ``out_path`` (removed when the output is complete)."""
     return Path(str(out_path) + SIDECAR_SUFFIX)
+
+
+@dataclass
+class ImageTask:
+    """What labeling needs of one image: its file, size and non-crowd boxes (XYXY [K, 4])."""
+
+    id: int
+    file_name: str
+    path: Path | None
+    height: int
+    width: int
+    ann_ids: np.ndarray
+    boxes: np.ndarray
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,209 +151,92 @@ def sidecar_path(out_path: str | os.PathLike) -> Path:
 
 
 def _masks_for_image(method: str, image: np.ndarray, boxes: np.ndarray, cfg: LabelConfig
-                     ) -> tuple[np.ndarray, int]:
-    """Raw masks [K, H, W] of the baselines (boxcaseg is batched across images elsewhere)."""
+                     ) -> tuple[list[BoxMask], int]:
+    """Raw box masks of the baselines (boxcaseg is batched across images elsewhere)."""
     h, w = image.shape[:2]
     if method == "box":
-        return np.stack([box_mask(b, h, w) for b in boxes]), 0
+        return [BoxMask.filled(b, h, w) for b in boxes], 0
     masks, fallbacks = [], 0
-    for b in boxes:
+    for b in boxes:  # GrabCut needs the whole image; one full-size mask at a time
         m, fell_back = grabcut_mask_status(image, b, cfg.grabcut_iters)
-        masks.append(m)
+        masks.append(BoxMask.from_full(m, b))
         fallbacks += fell_back
-    return np.stack(masks), fallbacks
+    return masks, fallbacks
+
+
+def postprocess_box_masks(masks: Sequence[BoxMask], boxes: np.ndarray, height: int, width: int,
+                          cfg: LabelConfig) -> list[dict[str, Any]]:
+    """Merge + drop the K raw masks of one image -> the annotation fields to write, in order."""
+    from boxcaseg.labeling.formats import encode_segmentation
+
+    if cfg.merge and len(masks) > 1:
+        masks = boxmask.merge_smaller_first(masks, boxes, height, width)
+    ious, ignore = boxmask.drop_decisions(masks, boxes, height, width, cfg.drop_iou, cfg.drop)
+    return [{"segmentation": encode_segmentation(m, height, width, cfg.segmentation),
+             "area": m.area, "ignore_mask": ig, "proxy_iou": iou}
+            for m, iou, ig in zip(masks, ious, ignore)]
 
 
 def postprocess(masks: np.ndarray, boxes: np.ndarray, cfg: LabelConfig
                 ) -> list[dict[str, Any]]:
-    """Merge + drop the K raw masks of one image -> the annotation fields to write, in order."""
-    if cfg.merge and len(masks) > 1:
-        masks = merge_smaller_first(masks, boxes)
-    ious, ignore = drop_decisions(masks, boxes, cfg.drop_iou, cfg.drop)
-    return [{"segmentation": mask_to_rle(m), "area": int(m.sum()),
-             "ignore_mask": ig, "proxy_iou": iou}
-            for m, iou, ig in zip(masks, ious, ignore)]
+    """``postprocess_box_masks`` for full-image masks [K, H, W] confined to their boxes."""
+    h, w = masks.shape[1:]
+    return postprocess_box_masks([BoxMask.from_full(m, b) for m, b in zip(masks, boxes)],
+                                 boxes, h, w, cfg)
 
 
-def _targets(entry: ImageEntry) -> tuple[list[int], np.ndarray]:
-    anns = [a for a in entry.annotations if not a.iscrowd]
-    boxes = np.array([a.box for a in anns], dtype=np.float64).reshape(-1, 4)
-    return [a.id for a in anns], boxes
-
-
-def _load(entry: ImageEntry) -> np.ndarray:
-    if entry.path is None:
-        raise ImageReadError(f"image {entry.id} ({entry.file_name}): no image root given")
-    image = read_image_rgb(entry.path)
-    if image.shape[:2] != (entry.height, entry.width):
+def _load(task: ImageTask) -> np.ndarray:
+    if task.path is None:
+        raise ImageReadError(f"image {task.id} ({task.file_name}): no image root given")
+    image = read_image_rgb(task.path)
+    if image.shape[:2] != (task.height, task.width):
         raise ImageReadError(size_mismatch_message(
-            entry.path, image.shape[1::-1], (entry.width, entry.height), "the JSON"))
+            task.path, image.shape[1::-1], (task.width, task.height), "the JSON"))
     return image
 
 
-def _chunks(items: Sequence[ImageEntry], n: int) -> Iterator[Sequence[ImageEntry]]:
-    for i in range(0, len(items), n):
-        yield items[i:i + n]
-
-
-# --------------------------------------------------------------------------------------------
-# sidecar (resume)
-
-
-def _header(coco: CocoData, method: str, cfg: LabelConfig) -> dict[str, Any]:
-    return {"sidecar_version": SIDECAR_VERSION, "method": method, "config": to_dict(cfg),
-            "images": len(coco.images), "annotations": len(coco.raw["annotations"])}
-
-
-def _read_sidecar(path: Path, header: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    """Records by image id from a previous run; a torn last line (crash mid-write) is ignored."""
-    records: dict[int, dict[str, Any]] = {}
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    if not lines or not lines[0].strip():
-        return records
-    try:
-        first = json.loads(lines[0])
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: unreadable resume sidecar ({e}); delete it or run without "
-                        "--resume") from e
-    if first.get("header") != header:
-        raise ConfigError(f"{path}: was written by a run with a different method, config or "
-                          "input; rerun without --resume to start over (or restore the settings)")
-    for i, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) or all(not x.strip() for x in lines[i:]):
-                log.warning("%s: ignoring a torn last line (interrupted write)", path)
-                break
-            raise DataError(f"{path}: corrupt line {i}; delete it or run without --resume")
-        records[int(rec["image_id"])] = rec
-    return records
-
-
-class _Sidecar:
-    def __init__(self, path: Path, header: dict[str, Any], append: bool):
-        self.path = path
-        if append and path.exists():
-            data = path.read_bytes()
-            keep = data[: data.rfind(b"\n") + 1]
-            if len(keep) != len(data):  # a torn last line: cut it so records stay one per line
-                os.truncate(path, len(keep))
-            self.f = open(path, "a", encoding="utf-8")
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.f = open(path, "w", encoding="utf-8")
-            self.f.write(json.dumps({"header": header}) + "\n")
-            self._sync()
-
-    def write(self, lines: list[str]) -> None:
-        self.f.write("".join(line + "\n" for line in lines))
-        self._sync()
-
-    def _sync(self) -> None:
-        self.f.flush()
-        os.fsync(self.f.fileno())
-
-    def close(self) -> None:
-        self.f.close()
-
-
-# --------------------------------------------------------------------------------------------
-# the run
-
-
-def _check_method(method: str, model: Any) -> None:
+def check_method(method: str, model: Any) -> None:
     if method not in METHODS:
         raise ConfigError(f"unknown labeling method {method!r}; choose one of {list(METHODS)}")
     if method == "boxcaseg" and model is None:
         raise ConfigError("method 'boxcaseg' needs a trained model (--checkpoint)")
 
 
-def label_dataset(coco: CocoData, out_path: str | os.PathLike, method: str,
-                  cfg: LabelConfig | None = None, model: Any = None, resume: bool = False,
-                  progress: bool = True) -> LabelSummary:
-    """Label every non-crowd box of ``coco`` and write the COCO JSON with masks to ``out_path``.
+def _chunks(items: Iterable[ImageTask], n: int) -> Iterator[list[ImageTask]]:
+    it = iter(items)
+    while chunk := list(islice(it, n)):
+        yield chunk
 
-    method: ``"boxcaseg"`` (needs ``model``: an nn.Module with ``predict_proba`` or a
-    ``BoxcasegPredictor``), ``"grabcut"`` or ``"box"``. Returns the run's summary.
+
+def label_images(tasks: Iterable[ImageTask], method: str, cfg: LabelConfig, predictor: Any = None
+                 ) -> Iterator[list[dict[str, Any]]]:
+    """Records of ``tasks``, in order, one list per chunk of ``cfg.chunk_images`` images.
+
+    ``predictor`` (method boxcaseg): a ``labeling.predict.BoxcasegPredictor``. The images of
+    the next chunk are decoded on a thread while the current one is labeled.
     """
-    cfg = cfg or LabelConfig()
-    cfg.validate()
-    _check_method(method, model)
-    if method == "boxcaseg":  # record the crop actually used (the checkpoint's by default)
-        cfg = resolve_crop_size(cfg, getattr(model, "model", model))
-    out_path = Path(out_path)
-    side = sidecar_path(out_path)
-    header = _header(coco, method, cfg)
-    summary = LabelSummary(method=method, images=len(coco.images),
-                           clipped=coco.report.get("clipped_box", 0))
-
-    done: dict[int, dict[str, Any]] = {}
-    if resume and side.exists():
-        done = _read_sidecar(side, header)
-        log.info("resuming: %d of %d images already labeled in %s", len(done), len(coco.images),
-                 side)
-    elif side.exists():
-        log.warning("%s exists from an earlier run; starting over (use --resume to continue)", side)
-    summary.images_resumed = len(done)
-
-    t0 = time.perf_counter()
-    predictor = None
-    if method == "boxcaseg":
-        from boxcaseg.labeling.predict import get_predictor
-        predictor = get_predictor(model, cfg)
-        log.info("BoxCaseg predictor on %s, TorchScript %s", predictor.device,
-                 "on" if predictor.jit_used else "off")
-    summary.setup_seconds = time.perf_counter() - t0
-
-    todo = [im for im in coco.images if im.id not in done]
-    sidecar = _Sidecar(side, header, append=bool(done))
-    t0 = time.perf_counter()
-    try:
-        with ThreadPoolExecutor(max_workers=2) as pool, tqdm(
-                total=len(coco.images), initial=len(done), unit="img", desc=f"label {method}",
-                disable=not progress) as bar:
-            chunks = list(_chunks(todo, cfg.chunk_images))
-            loads = _submit_loads(chunks[0], pool) if chunks else []
-            for i, chunk in enumerate(chunks):
-                current = loads
-                # decode the next chunk's images while this one is being labeled
-                loads = _submit_loads(chunks[i + 1], pool) if i + 1 < len(chunks) else []
-                records = _label_chunk(chunk, method, cfg, predictor, current)
-                lines = [json.dumps(r) for r in records]
-                sidecar.write(lines)
-                for line in lines:  # keep exactly what a resumed run would read back
-                    rec = json.loads(line)
-                    done[int(rec["image_id"])] = rec
-                    summary.instances_this_run += len(rec["anns"])
-                bar.update(len(chunk))
-    finally:
-        sidecar.close()
-    summary.seconds = time.perf_counter() - t0
-
-    output = _assemble(coco, done, method, cfg, summary)
-    fill_missing_segmentations(output)  # issue 12: COCO tools need a segmentation everywhere
-    atomic_write_json(out_path, output)
-    side.unlink(missing_ok=True)
-    return summary
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        chunks = _chunks(tasks, cfg.chunk_images)
+        current = next(chunks, None)
+        loads = _submit_loads(current, pool) if current else []
+        while current:
+            following = next(chunks, None)
+            next_loads = _submit_loads(following, pool) if following else []
+            yield _label_chunk(current, method, cfg, predictor, loads)
+            current, loads = following, next_loads
 
 
-def _submit_loads(chunk: Sequence[ImageEntry], pool: ThreadPoolExecutor) -> list[Future | None]:
+def _submit_loads(chunk: Sequence[ImageTask], pool: ThreadPoolExecutor) -> list[Future | None]:
     """Start decoding the images of a chunk; images with nothing to label are not read."""
-    return [pool.submit(_load, im) if any(not a.iscrowd for a in im.annotations) else None
-            for im in chunk]
+    return [pool.submit(_load, t) if len(t.ann_ids) else None for t in chunk]
 
 
-def _label_chunk(chunk: Sequence[ImageEntry], method: str, cfg: LabelConfig, predictor: Any,
+def _label_chunk(chunk: Sequence[ImageTask], method: str, cfg: LabelConfig, predictor: Any,
                  futures: Sequence[Future | None]) -> list[dict[str, Any]]:
     """Records (one per image, in chunk order) for a chunk of images being loaded."""
-    targets = [_targets(im) for im in chunk]
     images: list[np.ndarray | None] = []
     errors: list[str | None] = []
-    for im, fut in zip(chunk, futures):
+    for t, fut in zip(chunk, futures):
         if fut is None:
             images.append(None)
             errors.append(None)
@@ -343,67 +245,49 @@ def _label_chunk(chunk: Sequence[ImageEntry], method: str, cfg: LabelConfig, pre
             images.append(fut.result())
             errors.append(None)
         except ImageReadError as e:
-            log.warning("image %s: %s; its %d annotation(s) get no mask", im.id, e,
-                        sum(1 for a in im.annotations if not a.iscrowd))
+            log.warning("image %s: %s; its %d annotation(s) get no mask", t.id, e,
+                        len(t.ann_ids))
             images.append(None)
             errors.append(str(e))
 
-    raw_masks: list[np.ndarray | None] = [None] * len(chunk)
+    raw_masks: list[list[BoxMask] | None] = [None] * len(chunk)
     fallbacks = [0] * len(chunk)
     if method == "boxcaseg":
         idx = [i for i, img in enumerate(images) if img is not None]
-        masks = predictor.predict_images([images[i] for i in idx], [targets[i][1] for i in idx])
+        masks = predictor.predict_images([images[i] for i in idx], [chunk[i].boxes for i in idx],
+                                         box_masks=True)
         for i, m in zip(idx, masks):
             raw_masks[i] = m
     else:
         for i, img in enumerate(images):
             if img is not None:
-                raw_masks[i], fallbacks[i] = _masks_for_image(method, img, targets[i][1], cfg)
+                raw_masks[i], fallbacks[i] = _masks_for_image(method, img, chunk[i].boxes, cfg)
 
     records = []
-    for i, im in enumerate(chunk):
-        ids, boxes = targets[i]
-        rec: dict[str, Any] = {"image_id": im.id, "error": errors[i], "fallbacks": fallbacks[i],
+    for i, t in enumerate(chunk):
+        rec: dict[str, Any] = {"image_id": t.id, "error": errors[i], "fallbacks": fallbacks[i],
                                "anns": []}
         if raw_masks[i] is not None:
-            fields = postprocess(raw_masks[i], boxes, cfg)
-            rec["anns"] = [[aid, f] for aid, f in zip(ids, fields)]
+            fields = postprocess_box_masks(raw_masks[i], t.boxes, t.height, t.width, cfg)
+            rec["anns"] = [[int(aid), f] for aid, f in zip(t.ann_ids, fields)]
         records.append(rec)
     return records
 
 
-def _assemble(coco: CocoData, done: dict[int, dict[str, Any]], method: str, cfg: LabelConfig,
-              summary: LabelSummary) -> dict[str, Any]:
-    """The input dict, annotation fields filled in, key order kept, plus ``boxcaseg_label``."""
-    updates: dict[int, dict[str, Any]] = {}
-    for im in coco.images:
-        rec = done[im.id]
-        if rec["error"] is not None:
-            summary.images_failed.append((im.id, rec["error"]))
-            summary.annotations_failed += sum(1 for a in im.annotations if not a.iscrowd)
-        summary.grabcut_fallbacks += rec["fallbacks"]
-        for aid, fields in rec["anns"]:
-            updates[int(aid)] = fields
-            summary.instances_labeled += 1
-            summary.dropped += bool(fields["ignore_mask"])
-            summary.empty_masks += fields["area"] == 0
-        summary.crowd += sum(1 for a in im.annotations if a.iscrowd)
-        summary.instances += sum(1 for a in im.annotations if not a.iscrowd)
-    summary.skipped = list(coco.skipped)
+def label_dataset(coco: Any, out_path: str | os.PathLike, method: str,
+                  cfg: LabelConfig | None = None, model: Any = None, resume: bool = False,
+                  progress: bool = True, fmt: str = "dataset", **job: Any) -> LabelSummary:
+    """Label every non-crowd box of ``coco`` (``CocoData``) and write ``out_path``.
 
-    anns = []
-    for a in coco.raw["annotations"]:
-        fields = updates.get(int(a["id"]))
-        if fields is None:
-            anns.append(a)
-        else:
-            new = dict(a)
-            new.update(fields)  # existing keys keep their position, new ones go last
-            anns.append(new)
-    output = {k: (anns if k == "annotations" else v) for k, v in coco.raw.items()}
-    output["boxcaseg_label"] = {"method": method, "config": to_dict(cfg),
-                                "summary": summary.to_file_dict()}
-    return output
+    method: ``"boxcaseg"`` (needs ``model``: an nn.Module with ``predict_proba`` or a
+    ``BoxcasegPredictor``), ``"grabcut"`` or ``"box"``; fmt: ``dataset``, ``results`` or
+    ``jsonl``. Further keywords (``shard``, ``dist``) go to ``shards.label_job``. Returns the
+    run's summary.
+    """
+    from boxcaseg.labeling.shards import BoxInput, label_job
+
+    return label_job(BoxInput.from_coco(coco), out_path, method, cfg or LabelConfig(),
+                     model=model, resume=resume, progress=progress, fmt=fmt, **job)
 
 
 def config_with(cfg: LabelConfig, **changes: Any) -> LabelConfig:

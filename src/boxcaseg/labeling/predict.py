@@ -32,6 +32,7 @@ from torchvision.ops import roi_align
 from boxcaseg.data.transforms import normalize
 from boxcaseg.engine.distributed import resolve_device
 from boxcaseg.errors import ConfigError
+from boxcaseg.labeling.boxmask import BoxMask
 from boxcaseg.labeling.config import LabelConfig, resolve_crop_size
 from boxcaseg.structures import snap_box
 
@@ -97,21 +98,24 @@ def minmax_normalize(probs: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return torch.where(span >= eps, (probs - lo) / span.clamp_min(eps), probs)
 
 
-def paste_probs(probs: torch.Tensor, boxes_xyxy: np.ndarray, regions: np.ndarray,
-                height: int, width: int, threshold: float, mode: str = "fixed") -> np.ndarray:
-    """Probability maps [K, 1, h, w] of crop regions -> bool masks [K, H, W] inside the boxes.
+def paste_probs_boxes(probs: torch.Tensor, boxes_xyxy: np.ndarray, regions: np.ndarray,
+                      height: int, width: int, threshold: float, mode: str = "fixed"
+                      ) -> list[BoxMask]:
+    """Probability maps [K, 1, h, w] of crop regions -> K box-sized masks (``BoxMask``).
 
     Only the pixels each box covers (``snap_box``, clipped to the image) are sampled, so a
     mask never leaks outside its box. ``mode="minmax"`` rescales each map first
     (:func:`minmax_normalize`).
     """
     k = probs.shape[0]
-    masks = np.zeros((k, height, width), dtype=bool)
+    out = []
     probs = probs.float()
     if mode == "minmax" and k:
         probs = minmax_normalize(probs)
     for i in range(k):  # tiny per-box resampling ops; the model already ran batched
         c0, r0, c1, r1 = snap_box(boxes_xyxy[i], height, width)
+        local = np.zeros((r1 - r0, c1 - c0), dtype=bool)
+        out.append(BoxMask(c0, r0, local))
         if c1 <= c0 or r1 <= r0:
             continue
         x1, y1, x2, y2 = (float(v) for v in regions[i])
@@ -121,7 +125,18 @@ def paste_probs(probs: torch.Tensor, boxes_xyxy: np.ndarray, regions: np.ndarray
         grid = grid.to(dtype=probs.dtype, device=probs.device)[None]
         p = F.grid_sample(probs[i:i + 1], grid, mode="bilinear", padding_mode="border",
                           align_corners=False)
-        masks[i, r0:r1, c0:c1] = (p[0, 0] >= threshold).cpu().numpy()
+        local[:] = (p[0, 0] >= threshold).cpu().numpy()
+    return out
+
+
+def paste_probs(probs: torch.Tensor, boxes_xyxy: np.ndarray, regions: np.ndarray,
+                height: int, width: int, threshold: float, mode: str = "fixed") -> np.ndarray:
+    """``paste_probs_boxes`` as full-image bool masks [K, H, W]."""
+    masks = np.zeros((probs.shape[0], height, width), dtype=bool)
+    for i, m in enumerate(paste_probs_boxes(probs, boxes_xyxy, regions, height, width,
+                                            threshold, mode)):
+        h, w = m.mask.shape
+        masks[i, m.r0:m.r0 + h, m.c0:m.c0 + w] = m.mask
     return masks
 
 
@@ -319,9 +334,10 @@ class BoxcasegPredictor:
         return torch.cat(outs)
 
     @torch.inference_mode()
-    def predict_images(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]
-                       ) -> list[np.ndarray]:
-        """RGB uint8 images and their XYXY boxes [K_i, 4] -> bool masks [K_i, H_i, W_i].
+    def predict_images(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray],
+                       box_masks: bool = False) -> list[np.ndarray] | list[list[BoxMask]]:
+        """RGB uint8 images and their XYXY boxes [K_i, 4] -> bool masks [K_i, H_i, W_i]
+        (``box_masks``: K_i box-sized ``BoxMask`` each, the memory-flat form).
 
         The crops of all the images go through the model together (``cfg.batch_size`` per
         forward pass), so images with few boxes still fill the batches.
@@ -340,8 +356,9 @@ class BoxcasegPredictor:
         for image, b, r in zip(images, boxes, regions):
             k = len(r)
             h, w = image.shape[:2]
-            out.append(paste_probs(probs[start:start + k], np.asarray(b, dtype=np.float64)
-                                   .reshape(-1, 4), r, h, w, cfg.threshold, cfg.threshold_mode))
+            paste = paste_probs_boxes if box_masks else paste_probs
+            out.append(paste(probs[start:start + k], np.asarray(b, dtype=np.float64)
+                             .reshape(-1, 4), r, h, w, cfg.threshold, cfg.threshold_mode))
             start += k
         return out
 
