@@ -3,15 +3,19 @@
     boxcaseg label --method boxcaseg --images DIR --boxes in.json --out out.json \\
         --checkpoint ckpt.pt [--config label.yaml] [crop_size=320 drop_iou=0.95 ...] [--resume]
     boxcaseg label --method grabcut --voc VOCdevkit/VOC2012 --image-set train --out out.json
+    torchrun --nproc_per_node=4 -m boxcaseg.cli label ...      (one shard per process)
+    boxcaseg label ... --shard 3/8 --out part3.jsonl           (job arrays; then merge-labels)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+from pathlib import Path
 
 from boxcaseg.config import load_config
-from boxcaseg.errors import ConfigError
+from boxcaseg.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +34,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML with LabelConfig fields")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run from OUT.partial.jsonl")
+    parser.add_argument("--format", choices=("dataset", "results", "jsonl"), default="dataset",
+                        help="dataset: the input COCO JSON with masks (default); results: a "
+                        "COCO results list with score (loadRes, COCOeval); jsonl: one line per "
+                        "image")
+    parser.add_argument("--segmentation", choices=("rle", "polygon"),
+                        help="mask encoding: compressed RLE (default) or exact polygons "
+                        "(sets the segmentation config field)")
+    parser.add_argument("--shard", metavar="K/N",
+                        help="label only shard K (0-based) of N and write it as a part file to "
+                        "--out; join the parts with `boxcaseg merge-labels`")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="LabelConfig overrides, e.g. crop_size=256 drop_iou=0.9")
@@ -47,24 +61,55 @@ def _load_data(args: argparse.Namespace):
     return load_coco(args.boxes, args.images)
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text!r}: expected K/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= k < n:
+        raise ConfigError(f"--shard {text}: need N >= 1 and 0 <= K < N (K is 0-based)")
+    return k, n
+
+
 def run(args: argparse.Namespace) -> int:
+    from boxcaseg.engine.distributed import cleanup, init_distributed
     from boxcaseg.labeling.config import LabelConfig
-    from boxcaseg.labeling.labeler import label_dataset
+    from boxcaseg.labeling.shards import DIST_TIMEOUT, BoxInput, label_job
 
     cfg = load_config(LabelConfig, args.config, args.overrides)
-    model = None
-    if args.method == "boxcaseg":
-        if not args.checkpoint:
-            raise ConfigError("--method boxcaseg needs --checkpoint (a trained BoxCaseg model); "
-                              "--method grabcut and --method box need none")
-        from boxcaseg.engine.distributed import resolve_device
-        from boxcaseg.model import load_boxcaseg
-        model, _ = load_boxcaseg(args.checkpoint, map_location=resolve_device(cfg.device))
-    elif args.checkpoint:
-        log.warning("--checkpoint is ignored by --method %s", args.method)
+    if args.segmentation:
+        cfg = dataclasses.replace(cfg, segmentation=args.segmentation)
+    shard = parse_shard(args.shard) if args.shard else None
+    if args.method == "boxcaseg" and not args.checkpoint:
+        raise ConfigError("--method boxcaseg needs --checkpoint (a trained BoxCaseg model); "
+                          "--method grabcut and --method box need none")
+    if args.images and not Path(args.images).is_dir():
+        raise DataError(f"{args.images}: image folder not found (--images is the folder the "
+                        "COCO file_name entries are relative to)")
+    # input errors first, before any process group or model
     coco = _load_data(args)
-    summary = label_dataset(coco, args.out, args.method, cfg, model=model, resume=args.resume,
-                            progress=not args.no_progress)
-    print(summary.format())
-    print(f"wrote {args.out}")
+    boxes = BoxInput.from_coco(coco)
+    del coco  # the compact form is all labeling needs
+    info = init_distributed(cfg.device, timeout=DIST_TIMEOUT)
+    try:
+        model = None
+        if args.method == "boxcaseg":
+            from boxcaseg.model import load_boxcaseg
+            model, _ = load_boxcaseg(args.checkpoint, map_location=info.device)
+        elif args.checkpoint:
+            log.warning("--checkpoint is ignored by --method %s", args.method)
+        summary = label_job(boxes, args.out, args.method, cfg, model=model, resume=args.resume,
+                            progress=not args.no_progress, fmt=args.format, shard=shard,
+                            dist=info)
+    finally:
+        cleanup(info)
+    if shard is not None:
+        print(f"shard {shard[0]}/{shard[1]}: {summary.images} images, "
+              f"{summary.instances_this_run} instances labeled in this run "
+              f"({summary.images_resumed} images resumed), "
+              f"{summary.instances_per_s:.2f} instances/s")
+        print(f"wrote part {args.out} (join the parts with `boxcaseg merge-labels`)")
+    elif info.is_main:
+        print(summary.format())
+        print(f"wrote {args.out}")
     return 0

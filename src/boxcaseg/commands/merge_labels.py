@@ -1,0 +1,54 @@
+"""``boxcaseg merge-labels``: join the part files of a ``label --shard K/N`` job array.
+
+    boxcaseg merge-labels parts/part-*.jsonl --out labels.json [--format dataset|results|jsonl]
+
+Every part must come from the same input, method and config and be complete; together they
+must cover every shard and answer every box of the input exactly once (a part given twice is
+de-duplicated). The input box file is read from the path the parts recorded (``--boxes`` if it
+moved; its content hash must match). The parts are left in place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from boxcaseg.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("parts", nargs="+", metavar="PART", help="part files (label --shard)")
+    parser.add_argument("--out", required=True, help="merged output file")
+    parser.add_argument("--format", choices=("dataset", "results", "jsonl"), default="dataset",
+                        help="output format (see `boxcaseg label --help`)")
+    parser.add_argument("--boxes", help="the input COCO JSON, if it is no longer where the "
+                        "parts say it was")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from boxcaseg.data.coco import load_coco
+    from boxcaseg.labeling.shards import (BoxInput, all_failed_error, index_parts,
+                                          read_part_header, write_output)
+    from boxcaseg.runlock import OutputLock
+
+    for p in args.parts:
+        if not Path(p).is_file():
+            raise DataError(f"{p}: part file not found")
+    header = read_part_header(Path(args.parts[0]))
+    source = args.boxes or header["input"]["source"]
+    if not Path(source).is_file():
+        raise DataError(f"{source}: the input box file of these parts is not there (pass "
+                        "--boxes with its new location)")
+    boxes = BoxInput.from_coco(load_coco(source))
+    with OutputLock(args.out, "boxcaseg merge-labels"):
+        index = index_parts(args.parts, boxes)
+        if index.all_failed:
+            raise all_failed_error(index)
+        write_output(index, args.out, args.format)
+    print(index.summary.format().split("\n  speed:")[0])
+    print(f"merged {len(args.parts)} part(s) into {args.out}")
+    return 0
