@@ -80,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
     if args.segmentation:
         cfg = dataclasses.replace(cfg, segmentation=args.segmentation)
     shard = parse_shard(args.shard) if args.shard else None
+    if shard is not None and args.format != "dataset":
+        log.warning("--format is chosen when the parts are joined (merge-labels --format); "
+                    "ignored with --shard")
     if args.method == "boxcaseg" and not args.checkpoint:
         raise ConfigError("--method boxcaseg needs --checkpoint (a trained BoxCaseg model); "
                           "--method grabcut and --method box need none")

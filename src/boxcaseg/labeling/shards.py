@@ -684,6 +684,8 @@ def _label_part(boxes: BoxInput, progress_file: Path, part: Path | None,
     finally:
         writer.close()
     summary.seconds = time.perf_counter() - t0
+    log.info("shard %d/%d: labeled %d instances in %.2f s (%d images resumed)", k, n,
+             summary.instances_this_run, summary.seconds, summary.images_resumed)
     if part is not None:
         os.replace(progress_file, part)
     return summary
