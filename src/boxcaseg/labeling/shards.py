@@ -351,7 +351,8 @@ def _scan(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     yield offset, json.loads(line)
                 except ValueError:
                     raise DataError(f"{path}: corrupt record at byte {offset} (torn write of "
-                                    "an interrupted run?); rerun that shard with --resume") from None
+                                    "an interrupted run?); rerun that shard with --resume"
+                                    ) from None
 
 
 def index_parts(parts: Sequence[str | os.PathLike], boxes: BoxInput) -> PartIndex:
