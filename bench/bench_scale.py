@@ -1,6 +1,6 @@
 """Labeling at scale: memory and throughput of the label pipeline at 10k and 100k instances.
 
-    python bench/bench_scale.py [--work DIR] [--sizes 10000,100000] [--model-instances 500]
+    python bench/bench_scale.py [--work DIR] [--sizes 10000,100000] [--model-instances 500] [--repeats 2]
 
 * inputs: the demo data's box images reused (``boxcaseg make-demo-data``), their boxes
   jittered (+-5 % of the box size, seeded), image entries repeated until N instances;
@@ -140,6 +140,14 @@ def run_label(name: str, work: Path, boxes: Path, images: Path, procs: int, thre
             "rss_mb": rss, "out": str(out)}
 
 
+def best_of(repeats: list[dict]) -> dict:
+    """The fastest repeat's numbers, every repeat's rate, the largest RSS seen."""
+    best = dict(max(repeats, key=lambda r: r["inst_per_s"]))
+    best["all_inst_per_s"] = [r["inst_per_s"] for r in repeats]
+    best["rss_mb"] = [max(v) for v in zip(*(sorted(r["rss_mb"]) for r in repeats))]
+    return best
+
+
 def polygon_iou(rle_out: Path, images: Path, boxes: Path, work: Path, extra: list[str]) -> dict:
     """Label the same input with polygons; IoU of each pycocotools-rasterised polygon set
     against the RLE mask of the same annotation."""
@@ -183,6 +191,7 @@ def main() -> int:
     ap.add_argument("--model-instances", type=int, default=500,
                     help="instances of the BoxCaseg row (0: no BoxCaseg row)")
     ap.add_argument("--model-crop", type=int, default=160)
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each box row (best kept)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results_scale.md"))
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
@@ -192,14 +201,19 @@ def main() -> int:
     images, base = demo_data(work)
     sizes = [int(s) for s in args.sizes.split(",")]
     configs = [(1, 1), (2, 1), (1, 2)]
-    rows = []
-    for n in sizes:
-        boxes = make_input(base, n, work / f"boxes_{n}.json")
+    inputs = {n: make_input(base, n, work / f"boxes_{n}.json") for n in sizes}
+    runs: dict[str, list[dict]] = {}
+    # sizes interleaved and repeated: a burst of load from other jobs on this shared machine
+    # then hits both sizes alike, and the best of the repeats is compared
+    for rep in range(args.repeats):
         for procs, threads in configs:
-            name = f"box_{n}_{procs}p{threads}t"
-            _log(f"{name} ...")
-            rows.append(run_label(name, work, boxes, images, procs, threads, ["--method", "box"]))
-            _log(f"  {rows[-1]['inst_per_s']:.0f} inst/s, rss {rows[-1]['rss_mb']}")
+            for n in sizes:
+                name = f"box_{n}_{procs}p{threads}t"
+                _log(f"{name} (repeat {rep + 1}) ...")
+                r = run_label(name, work, inputs[n], images, procs, threads, ["--method", "box"])
+                runs.setdefault(name, []).append(r)
+                _log(f"  {r['inst_per_s']:.0f} inst/s, rss {r['rss_mb']}")
+    rows = [best_of(v) for v in runs.values()]
     poly = None
     if args.model_instances:
         ckpt = untrained_checkpoint(work / "lite0_untrained.pt")
@@ -227,7 +241,7 @@ def write_results(path: Path, rows: list[dict], sizes: list[int], poly: dict | N
     lines = [
         "# Labeling at scale (bench/bench_scale.py)", "",
         f"Command: `flock /tmp/boxcaseg-cpu.lock python bench/bench_scale.py --sizes "
-        f"{args.sizes} --model-instances {args.model_instances}`  ",
+        f"{args.sizes} --model-instances {args.model_instances} --repeats {args.repeats}`  ",
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, load average "
         f"{load0[0]:.1f} at the start and {load1[0]:.1f} at the end (1 min); torch "
@@ -236,12 +250,17 @@ def write_results(path: Path, rows: list[dict], sizes: list[int], poly: dict | N
         "Input: the demo box images (256 px wide) reused, boxes jittered by up to 5 %; "
         "instances/s is the labeling loop (2 processes: all instances over the slowest "
         "rank's loop); wall includes start-up, input loading, merge and writing.", "",
+        f"Box rows: {args.repeats} runs each, sizes interleaved; the table gives the fastest "
+        "run (every run's rate in brackets) and the largest peak RSS.", "",
         "| run | processes x threads | instances | instances/s | wall s | merge s | "
         "peak RSS per process (MiB) |",
         "|---|---|---|---|---|---|---|"]
     for r in rows:
+        every = r.get("all_inst_per_s", [])
+        rate = f"{r['inst_per_s']:.1f}" + (
+            f" ({', '.join(f'{v:.0f}' for v in every)})" if len(every) > 1 else "")
         lines.append(f"| {r['name']} | {r['procs']} x {r['threads']} | {r['instances']} | "
-                     f"{r['inst_per_s']:.1f} | {r['wall_s']:.1f} | {r['merge_s']:.2f} | "
+                     f"{rate} | {r['wall_s']:.1f} | {r['merge_s']:.2f} | "
                      f"{', '.join(f'{v:.0f}' for v in sorted(r['rss_mb']))} |")
     if len(sizes) >= 2:
         lo, hi = sizes[0], sizes[-1]
