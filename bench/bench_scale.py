@@ -251,7 +251,9 @@ def write_results(path: Path, rows: list[dict], sizes: list[int], poly: dict | N
         "instances/s is the labeling loop (2 processes: all instances over the slowest "
         "rank's loop); wall includes start-up, input loading, merge and writing.", "",
         f"Box rows: {args.repeats} runs each, sizes interleaved; the table gives the fastest "
-        "run (every run's rate in brackets) and the largest peak RSS.", "",
+        "run (every run's rate in brackets) and the largest peak RSS. Model rows: one run "
+        "each, an untrained tf_efficientnet_lite0 BoxCaseg network (the compute of a trained "
+        f"one), crop {args.model_crop}, threshold_mode=minmax.", "",
         "| run | processes x threads | instances | instances/s | wall s | merge s | "
         "peak RSS per process (MiB) |",
         "|---|---|---|---|---|---|---|"]
