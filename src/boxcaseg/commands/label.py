@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="trained BoxCaseg checkpoint (method boxcaseg)")
     parser.add_argument("--config", help="YAML with LabelConfig fields")
     parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted run from OUT.partial.jsonl")
+                        help="continue an interrupted run (same command, same number of "
+                        "processes / same --shard): finished images are kept")
     parser.add_argument("--format", choices=("dataset", "results", "jsonl"), default="dataset",
                         help="dataset: the input COCO JSON with masks (default); results: a "
                         "COCO results list with score (loadRes, COCOeval); jsonl: one line per "
