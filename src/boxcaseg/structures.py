@@ -135,11 +135,25 @@ def fill_missing_segmentations(data: dict[str, Any]) -> int:
             continue  # the reader rejects such files; nothing sensible to write
         h, w = size
         if (h, w) not in empty:
-            empty[(h, w)] = mask_to_rle(np.zeros((h, w), dtype=bool))["counts"]
-        new = dict(ann)
-        new["segmentation"] = {"size": [h, w], "counts": empty[(h, w)]}
-        new.setdefault("area", 0)
-        new[NO_MASK_KEY] = True
-        anns[i] = new
+            empty[(h, w)] = empty_rle_counts(h, w)
+        anns[i] = with_empty_mask(ann, h, w, empty[(h, w)])
         filled += 1
     return filled
+
+
+def empty_rle_counts(height: int, width: int) -> str:
+    """Compressed RLE ``counts`` of an all-empty ``height x width`` mask (no array built)."""
+    rle = mask_utils.frPyObjects({"counts": [height * width], "size": [height, width]},
+                                 height, width)
+    return rle["counts"].decode("ascii")
+
+
+def with_empty_mask(ann: dict[str, Any], height: int, width: int,
+                    counts: str | None = None) -> dict[str, Any]:
+    """A copy of ``ann`` with the empty, marked mask of :func:`fill_missing_segmentations`."""
+    new = dict(ann)
+    new["segmentation"] = {"size": [height, width],
+                           "counts": counts or empty_rle_counts(height, width)}
+    new.setdefault("area", 0)
+    new[NO_MASK_KEY] = True
+    return new

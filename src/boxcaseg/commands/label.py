@@ -90,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     if args.images and not Path(args.images).is_dir():
         raise DataError(f"{args.images}: image folder not found (--images is the folder the "
                         "COCO file_name entries are relative to)")
+    from boxcaseg.io import check_output_path
+    check_output_path(args.out)  # before hours of labeling, not after
     # input errors first, before any process group or model
     coco = _load_data(args)
     boxes = BoxInput.from_coco(coco)

@@ -35,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
                                           read_part_header, write_output)
     from boxcaseg.runlock import OutputLock
 
+    from boxcaseg.io import check_output_path
+    check_output_path(args.out)
     for p in args.parts:
         if not Path(p).is_file():
             raise DataError(f"{p}: part file not found")

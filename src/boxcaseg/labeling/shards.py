@@ -48,11 +48,13 @@ from tqdm import tqdm
 from boxcaseg.config import to_dict
 from boxcaseg.engine.distributed import DistInfo, all_true, barrier
 from boxcaseg.errors import BoxcasegError, ConfigError, DataError
+from boxcaseg.io import remove_stale_temp_files
 from boxcaseg.labeling import formats
 from boxcaseg.labeling.config import LabelConfig, resolve_crop_size
 from boxcaseg.labeling.labeler import (ImageTask, LabelSummary, check_method, label_images,
                                        sidecar_path)
 from boxcaseg.runlock import OutputLock, OutputLockedError, config_fingerprint, file_fingerprint
+from boxcaseg.structures import with_empty_mask
 
 log = logging.getLogger(__name__)
 
@@ -452,14 +454,21 @@ class _Records:
         return hit
 
     def annotation(self, p: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        """(output annotation, its labeling fields or None) of input annotation ``p``."""
+        """(output annotation, its labeling fields or None) of input annotation ``p``.
+
+        Annotations passed through without a mask get an empty one marked
+        ``boxcaseg_no_mask`` (``structures.fill_missing_segmentations``), so COCO tools can
+        read every annotation."""
         boxes = self.index.boxes
         ann = json.loads(boxes.ann_raw[p])
         fields = None
+        i = int(boxes.ann_image[p])
         if boxes.ann_kind[p] == LABEL:
-            fields = self.fields(int(boxes.ann_image[p])).get(int(boxes.ann_ids[p]))
+            fields = self.fields(i).get(int(boxes.ann_ids[p]))
             if fields is not None:
                 ann.update(fields)  # existing keys keep their position, new ones go last
+        if fields is None and not ann.get("segmentation"):
+            ann = with_empty_mask(ann, int(boxes.heights[i]), int(boxes.widths[i]))
         return ann, fields
 
     def close(self) -> None:
@@ -566,6 +575,8 @@ def label_job(boxes: BoxInput, out: str | os.PathLike, method: str, cfg: LabelCo
             locks[-1].acquire()
 
         if mode != "shard":
+            if info.is_main:  # leftovers of a write of OUT killed midway (we hold its lock)
+                remove_stale_temp_files(out)
             for p, other in _other_layouts(out, n):
                 if resume:
                     raise ConfigError(
