@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("evaluate", "score masks against ground truth (mIoU*, IoU@k) or results (COCO/VOC AP)"),
     "demo": ("demo", "the whole pipeline on the embedded synthetic data, one results table"),
     "prepare": ("prepare", "derive DUTS-Single / augmented VOC from the public datasets"),
+    "report": ("report", "static HTML report of labeled masks: tables, plots, worst-first gallery"),
+    "export": ("export", "labels -> files CVAT, Label Studio or FiftyOne import, worst score first"),
 }
 
 

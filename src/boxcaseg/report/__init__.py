@@ -1,0 +1,1 @@
+"""A static HTML report of labeled masks: summary tables, plots and a worst-first gallery."""
