@@ -10,7 +10,8 @@ from its ``last.pt``):
    against the hidden GT masks (mIoU*, IoU@50, IoU@75) and timed
 4. Proxy Mask R-CNN trained on each set of masks and on the GT masks (the oracle),
    evaluated on the validation images (COCO mask AP)
-5. ``OUT/results.json``, the printed table, and overlay PNGs in ``OUT/overlays/``
+5. ``OUT/results.json``, the printed table, overlay PNGs in ``OUT/overlays/`` and the HTML
+   report of the proxy masks in ``OUT/report/index.html``
 """
 
 from __future__ import annotations
@@ -366,4 +367,18 @@ def run_demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, seed: in
     print(format_results(results), flush=True)
     print(f"\nwrote {out / 'results.json'} and {len(overlays)} overlay PNGs in "
           f"{out / 'overlays'}", flush=True)
+    report = _report(data, out, proxy)
+    print(f"report (open in a browser): {report.resolve()}", flush=True)
     return results
+
+
+def _report(data: dict[str, Path], out: Path, proxy: dict[str, dict[str, Any]]) -> Path:
+    """``OUT/report/``: BoxCaseg's proxy masks of the training boxes, worst IoU first, beside
+    the other labelers' and the hidden GT."""
+    from boxcaseg.report.build import make_report
+
+    order = ["boxcaseg"] + [m for m in LABEL_METHODS if m != "boxcaseg"]
+    return make_report(proxy["boxcaseg"]["labels"], out / "report", images_root=data["images"],
+                       gt=data["train_gt"], baselines=[proxy[m]["labels"] for m in order[1:]],
+                       title="boxcaseg demo: proxy masks of the training boxes",
+                       speeds={m: proxy[m]["instances_per_s"] for m in order})

@@ -1,0 +1,130 @@
+"""What every exporter shares: review order, mask -> polygons, placing the images."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from boxcaseg.data.coco import ImageEntry
+from boxcaseg.errors import ConfigError, DataError
+from boxcaseg.report.labels import Instance, Labels, worst_first
+
+log = logging.getLogger(__name__)
+
+IMAGE_MODES = ("link", "copy", "none")
+
+
+@dataclass
+class ReviewImage:
+    """One image and its instances, both in review order (worst score first)."""
+
+    entry: ImageEntry
+    instances: list[Instance]
+    ranks: list[int]  # 1 = the worst instance of the whole file
+
+    @property
+    def worst_score(self) -> float | None:
+        return self.instances[0].score if self.instances else None
+
+
+def review_order(labels: Labels) -> list[ReviewImage]:
+    """Every image with at least one instance, ordered by its worst instance, each with its
+    instances worst first. Instances without a mask or score come first (nothing to trust);
+    images without any box come last, so a reviewer still sees the whole dataset."""
+    order = worst_first({i.ann_id: i.score for i in labels.instances})
+    by_id = labels.by_id()
+    rank = {aid: r + 1 for r, aid in enumerate(order)}
+    per_image: dict[int, list[Instance]] = {}
+    for aid in order:
+        per_image.setdefault(by_id[aid].image_id, []).append(by_id[aid])
+    images = labels.images
+    out = [ReviewImage(images[iid], inst, [rank[i.ann_id] for i in inst])
+           for iid, inst in per_image.items()]
+    out += [ReviewImage(im, [], []) for im in labels.coco.images if im.id not in per_image]
+    return out
+
+
+def score_attributes(inst: Instance, rank: int) -> dict[str, Any]:
+    """The review attributes every exporter carries (plain JSON scalars)."""
+    return {"score": inst.score, "proxy_iou": inst.proxy_iou,
+            "ignore_mask": bool(inst.ignore_mask), "labeled": bool(inst.labeled),
+            "review_rank": rank}
+
+
+def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
+    """Outer contours of a boolean mask as COCO polygons ``[x1, y1, x2, y2, ...]``.
+
+    Contours are traced on the mask upscaled 2x and mapped back, so they run along pixel
+    edges rather than through boundary pixel centres: pycocotools rasterizes them back to
+    the same mask (holes excepted: COCO polygons cannot hold them; see
+    :func:`polygon_fidelity`)."""
+    m = np.kron(mask.astype(np.uint8), np.ones((2, 2), np.uint8))
+    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    polys = []
+    for c in contours:
+        if len(c) < 3:
+            continue
+        pts = (c.reshape(-1, 2).astype(np.float64) + 0.5) / 2.0
+        polys.append([round(float(v), 2) for v in pts.ravel()])
+    return polys
+
+
+def polygons_to_mask(polys: list[list[float]], height: int, width: int) -> np.ndarray:
+    if not polys:
+        return np.zeros((height, width), dtype=bool)
+    rle = mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
+    return mask_utils.decode(rle).astype(bool)
+
+
+def polygon_fidelity(mask: np.ndarray, polys: list[list[float]]) -> float:
+    """IoU between a mask and its polygons rasterized back (1.0 unless the mask has holes)."""
+    back = polygons_to_mask(polys, *mask.shape)
+    union = int((back | mask).sum())
+    return float((back & mask).sum() / union) if union else 1.0
+
+
+def place_images(review: list[ReviewImage], dest: Path, mode: str) -> None:
+    """Put each image at ``dest/<file_name>``: a hard link to the original (``link``; a copy
+    where the two folders are on different file systems), a copy (``copy``) or nothing
+    (``none``: the tool is pointed at the original folder). Hard, not symbolic, links: the
+    tools' loaders refuse files that resolve outside their dataset folder."""
+    if mode not in IMAGE_MODES:
+        raise ConfigError(f"image mode {mode!r}: choose one of {list(IMAGE_MODES)}")
+    if mode == "none":
+        return
+    for r in review:
+        src = r.entry.path
+        if src is None:
+            raise ConfigError("exporting images needs the images folder (--images)")
+        if not src.is_file():
+            raise DataError(f"{src}: image file not found (image {r.entry.id}); check --images")
+        target = dest / r.entry.file_name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink() or target.exists():
+            target.unlink()
+        if mode == "link":
+            try:
+                os.link(src, target)
+                continue
+            except OSError as e:  # other file system, or links not allowed there
+                log.debug("hard link %s -> %s failed (%s); copying", src, target, e)
+        shutil.copy2(src, target)
+
+
+def instance_mask(inst: Instance, entry: ImageEntry) -> np.ndarray | None:
+    """The instance's mask, ``None`` when it has none or it is empty."""
+    m = inst.mask(entry.height, entry.width) if inst.labeled else None
+    return m if m is not None and m.any() else None
+
+
+def xywh(box_xyxy: tuple[float, float, float, float]) -> list[float]:
+    x1, y1, x2, y2 = box_xyxy
+    return [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]
