@@ -22,9 +22,9 @@ def review_coco(labels: Labels, review: list[ReviewImage], segmentation: str
     ``segmentation``: ``"polygon"`` (outer contours; ``polygon_iou`` says how much of the
     mask they keep) or ``"rle"`` (compressed RLE, exact). Instances without a mask keep
     their box, with an empty polygon list, or an all-zero RLE (FiftyOne's importer drops
-    a detection without a decodable mask, and the worst instances would vanish). Every annotation carries ``score`` and an
-    ``attributes`` dict (score, proxy_iou, ignore_mask, labeled, review_rank), the place
-    CVAT reads attributes from."""
+    a detection without a decodable mask, and the worst instances would vanish). Every annotation carries ``score`` (when known) and an
+    ``attributes`` dict (annotation_id, score, proxy_iou, ignore_mask, labeled,
+    review_rank), the place CVAT reads attributes from; unknown values are left out."""
     counts = {"annotations": 0, "without_mask": 0, "polygon_holes_filled": 0}
     images, anns = [], []
     for r in review:
@@ -49,9 +49,12 @@ def review_coco(labels: Labels, review: list[ReviewImage], segmentation: str
             else:
                 segm = mask_to_rle(mask)
                 area = int(mask.sum())
-            anns.append({"id": inst.ann_id, "image_id": e.id, "category_id": inst.category_id,
-                         "segmentation": segm, "area": area, "bbox": xywh(inst.bbox),
-                         "iscrowd": 0, "score": inst.score, "attributes": attrs})
+            ann = {"id": inst.ann_id, "image_id": e.id, "category_id": inst.category_id,
+                   "segmentation": segm, "area": area, "bbox": xywh(inst.bbox), "iscrowd": 0,
+                   "attributes": attrs}
+            if inst.score is not None:
+                ann["score"] = inst.score
+            anns.append(ann)
             counts["annotations"] += 1
     cats = [{"id": cid, "name": name, "supercategory": ""}
             for cid, name in sorted(labels.categories.items())]

@@ -53,10 +53,12 @@ def review_order(labels: Labels) -> list[ReviewImage]:
 
 
 def score_attributes(inst: Instance, rank: int) -> dict[str, Any]:
-    """The review attributes every exporter carries (plain JSON scalars)."""
-    return {"score": inst.score, "proxy_iou": inst.proxy_iou,
-            "ignore_mask": bool(inst.ignore_mask), "labeled": bool(inst.labeled),
-            "review_rank": rank}
+    """The review attributes every exporter carries (plain JSON scalars). Unknown values
+    are left out rather than written as null: datumaro refuses a null ``score``."""
+    attrs = {"annotation_id": inst.ann_id, "score": inst.score, "proxy_iou": inst.proxy_iou,
+             "ignore_mask": bool(inst.ignore_mask), "labeled": bool(inst.labeled),
+             "review_rank": rank}
+    return {k: v for k, v in attrs.items() if v is not None}
 
 
 def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
