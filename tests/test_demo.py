@@ -57,3 +57,17 @@ def test_rerun_reuses_finished_stages(quick_demo, capsys, monkeypatch):
     assert after["proxy_masks"] == before["proxy_masks"]
     assert after["maskrcnn"] == before["maskrcnn"]
     assert "reused" in capsys.readouterr().out
+
+
+def test_demo_writes_the_report(quick_demo):
+    index = quick_demo / "report" / "index.html"
+    html = index.read_text(encoding="utf-8")
+    for name in ("boxcaseg", "boxcaseg_weak", "grabcut", "box", "mIoU*"):
+        assert name in html
+    n_boxes = len(json.loads((quick_demo / "data" / "boxes" / "train_gt.json").read_text())
+                  ["annotations"])
+    pages = [index, *(quick_demo / "report").glob("gallery-*.html")]
+    items = sum(p.read_text(encoding="utf-8").count('class="item"') for p in pages)
+    assert items == n_boxes
+    # one crop per instance for the GT and each of the four labelers
+    assert len(list((quick_demo / "report" / "img").iterdir())) == 5 * n_boxes
