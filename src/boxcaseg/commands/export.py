@@ -11,8 +11,9 @@ fiftyone:    OUT/labels.json (COCO, RLE instance masks) + OUT/data/, for
              fo.Dataset.from_dir(OUT, dataset_type=fo.types.COCODetectionDataset)
 
 Images and annotations are ordered worst score first; every mask carries its score, proxy
-IoU, drop decision (ignore_mask) and review rank. Images are hard-linked (else copied) into OUT unless
---images-mode copy (or none). Brush masks need: pip install "boxcaseg[export]".
+IoU, drop decision (ignore_mask) and review rank. Images are hard-linked into OUT (copied
+across file systems) unless --images-mode copy (or none). Brush masks need the encoder of
+label-studio-converter: pip install "boxcaseg[export]".
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", required=True, help="folder of the images' file_name")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--images-mode", choices=("link", "copy", "none"), default="link",
-                        help="put the images into OUT as hard links (default; copies across file systems), copies, or not")
+                        help="put the images into OUT as hard links (default; copies "
+                             "across file systems), copies, or not at all")
     parser.add_argument("--ls-mask", choices=("brush", "polygon"), default="brush",
                         help="labelstudio: masks as brush RLE (default) or polygons")
     parser.add_argument("--ls-url-prefix", default=None,

@@ -22,9 +22,10 @@ def review_coco(labels: Labels, review: list[ReviewImage], segmentation: str
     ``segmentation``: ``"polygon"`` (outer contours; ``polygon_iou`` says how much of the
     mask they keep) or ``"rle"`` (compressed RLE, exact). Instances without a mask keep
     their box, with an empty polygon list, or an all-zero RLE (FiftyOne's importer drops
-    a detection without a decodable mask, and the worst instances would vanish). Every annotation carries ``score`` (when known) and an
-    ``attributes`` dict (annotation_id, score, proxy_iou, ignore_mask, labeled,
-    review_rank), the place CVAT reads attributes from; unknown values are left out."""
+    a detection without a decodable mask, and the worst instances would vanish). Every
+    annotation carries ``score`` (when known) and an ``attributes`` dict (annotation_id,
+    score, proxy_iou, ignore_mask, labeled, review_rank), the place CVAT reads attributes
+    from; unknown values are left out."""
     counts = {"annotations": 0, "without_mask": 0, "polygon_holes_filled": 0}
     images, anns = [], []
     for r in review:

@@ -19,7 +19,7 @@ h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.2em;margin:1.4em 0 .4em;
 border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.4em 0 1em;background:#fff}
 th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}
-th:first-child,td:first-child{text-align:left}th{background:#f0f0f0}
+th:first-child,td:first-child{text-align:left;white-space:nowrap}th{background:#f0f0f0}
 .meta{color:#666;font-size:.9em}.plots img{max-width:100%;margin:4px;border:1px solid #ddd;
 background:#fff}
 .nav{margin:.6em 0}.nav a,.nav span{margin-right:.4em}.nav span.cur{font-weight:bold}
