@@ -197,3 +197,16 @@ def test_cli_report(data, tmp_path, capsys):
     assert str((tmp_path / "r" / "index.html").resolve()) in capsys.readouterr().out
     assert main(["report", str(data["good"]), "--images", str(data["images"]), "--out",
                  str(tmp_path / "r2"), "--page-size", "0"]) == 1
+
+
+def test_report_files_are_readable_by_others(data, tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        index = make_report(data["good"], tmp_path / "r", images_root=data["images"])
+    finally:
+        os.umask(old)
+    for f in [index, *(tmp_path / "r" / "img").iterdir(), *(tmp_path / "r" / "plots").iterdir()]:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
