@@ -285,7 +285,7 @@ def test_cli_export(data, tmp_path, capsys):
     # a wrong image folder is named, not exported half
     rc = main(["export", str(data["good"]), "--to", "cvat", "--images", str(tmp_path),
                "--out", str(tmp_path / "bad")])
-    assert rc == 1
+    assert rc == 2  # bad input
     assert "image file not found" in capsys.readouterr().err
     with pytest.raises(DataError):
         load_labels(tmp_path / "missing.json")

@@ -196,10 +196,11 @@ def test_cli_report(data, tmp_path, capsys):
     assert rc == 0
     assert str((tmp_path / "r" / "index.html").resolve()) in capsys.readouterr().out
     assert main(["report", str(data["good"]), "--images", str(data["images"]), "--out",
-                 str(tmp_path / "r2"), "--page-size", "0"]) == 1
+                 str(tmp_path / "r2"), "--page-size", "0"]) == 2  # bad input
 
 
 def test_report_files_are_readable_by_others(data, tmp_path):
+    """A report is for sharing: no private 0600 files (atomic writes go through mkstemp)."""
     import os
     import stat
 

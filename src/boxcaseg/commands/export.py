@@ -19,6 +19,7 @@ label-studio-converter: pip install "boxcaseg[export]".
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 FORMATS = ("cvat", "labelstudio", "fiftyone")
 
@@ -41,19 +42,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from boxcaseg.io import check_output_path
+    from boxcaseg.runlock import OutputLock
+
+    out = check_output_path(args.out, kind="dir")  # before reading anything
+    with OutputLock(out.resolve(), "boxcaseg export"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from boxcaseg.export import cvat, fiftyone, labelstudio
+    from boxcaseg.io import remove_stale_temp_files
     from boxcaseg.report.labels import load_labels
 
+    out = Path(args.out)
+    # left by a killed run
+    remove_stale_temp_files(out / cvat.ANNOTATIONS, out / fiftyone.LABELS,
+                            out / labelstudio.TASKS, out / labelstudio.CONFIG)
     labels = load_labels(args.labels, args.images)
     if args.to == "cvat":
-        from boxcaseg.export.cvat import export_cvat
-        info = export_cvat(labels, args.out, args.images_mode)
+        info = cvat.export_cvat(labels, out, args.images_mode)
     elif args.to == "fiftyone":
-        from boxcaseg.export.fiftyone import export_fiftyone
-        info = export_fiftyone(labels, args.out, args.images_mode)
+        info = fiftyone.export_fiftyone(labels, out, args.images_mode)
     else:
-        from boxcaseg.export.labelstudio import DEFAULT_URL_PREFIX, export_labelstudio
-        info = export_labelstudio(labels, args.out, args.images_mode, mask_format=args.ls_mask,
-                                  url_prefix=args.ls_url_prefix or DEFAULT_URL_PREFIX)
+        info = labelstudio.export_labelstudio(
+            labels, out, args.images_mode, mask_format=args.ls_mask,
+            url_prefix=args.ls_url_prefix or labelstudio.DEFAULT_URL_PREFIX)
     counts = ", ".join(f"{k} {v}" for k, v in info.items() if isinstance(v, int))
     print(f"export {args.to}: {counts}")
     for f in info["files"]:

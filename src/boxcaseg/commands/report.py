@@ -36,14 +36,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from boxcaseg.errors import ConfigError
+    from boxcaseg.io import check_output_path, remove_stale_temp_files
     from boxcaseg.report.build import make_report
+    from boxcaseg.runlock import OutputLock
 
     if args.page_size < 1:
         raise ConfigError(f"--page-size must be >= 1, got {args.page_size}")
     if args.limit is not None and args.limit < 0:
         raise ConfigError(f"--limit must be >= 0, got {args.limit}")
-    index = make_report(args.labels, args.out, images_root=args.images, gt=args.gt,
-                        baselines=args.baseline, page_size=args.page_size, limit=args.limit,
-                        title=args.title, progress=not args.no_progress)
+    out = check_output_path(args.out, kind="dir")  # before reading or drawing anything
+    with OutputLock(out.resolve(), "boxcaseg report"):
+        # left by a killed run (img/ and plots/ are rebuilt whole)
+        remove_stale_temp_files(out / "index.html", *out.glob("gallery-*.html"))
+        index = make_report(args.labels, out, images_root=args.images, gt=args.gt,
+                            baselines=args.baseline, page_size=args.page_size,
+                            limit=args.limit, title=args.title,
+                            progress=not args.no_progress)
     print(f"report: {index.resolve()}")
     return 0

@@ -31,19 +31,6 @@ def _clear_previous(out: Path) -> None:
         f.unlink()
 
 
-def _make_readable(out: Path) -> None:
-    """Give the report's files the mode a plain write would (atomic writes go through
-    mkstemp's private 0600), so a report can be shared or served as it is."""
-    umask = os.umask(0)
-    os.umask(umask)
-    mode = 0o666 & ~umask
-    for sub in (IMG_DIR, PLOT_DIR):
-        for f in (out / sub).glob("*"):
-            f.chmod(mode)
-    for f in out.glob("*.html"):
-        f.chmod(mode)
-
-
 def _check_same_images(sets: Sequence[Labels]) -> None:
     main = sets[0]
     ids = {i.ann_id: i.image_id for i in main.instances}
@@ -128,6 +115,4 @@ def make_report(labels: str | os.PathLike, out_dir: str | os.PathLike, *,
     for name, text in pages.items():
         if name != "index.html":
             atomic_write_text(out / name, text)
-    index = atomic_write_text(out / "index.html", pages["index.html"])
-    _make_readable(out)
-    return index
+    return atomic_write_text(out / "index.html", pages["index.html"])
