@@ -65,8 +65,10 @@ def gt_report(data, tmp_path_factory):
 
 
 def test_score_is_read_in_one_place():
-    assert instance_score({"proxy_iou": 0.4}) == 0.4
-    assert instance_score({"proxy_iou": 0.4, "score": 0.9}) == 0.9  # a later score wins
+    from boxcaseg.labeling.formats import score
+
+    assert instance_score({"proxy_iou": 0.4, "ignore_mask": False}) == 0.4
+    assert instance_score({"proxy_iou": 0.3}) == score({"proxy_iou": 0.3})  # the labeler's
     assert instance_score({"ignore_mask": True}) is None
     assert instance_score({"proxy_iou": float("nan")}) is None
     assert worst_first({1: 0.5, 2: None, 3: 0.1}) == [2, 3, 1]

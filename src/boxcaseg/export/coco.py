@@ -19,14 +19,14 @@ def review_coco(labels: Labels, review: list[ReviewImage], segmentation: str
                 ) -> tuple[dict[str, Any], dict[str, int]]:
     """COCO dict of ``labels`` in review order, and counts of what was written.
 
-    ``segmentation``: ``"polygon"`` (outer contours; ``polygon_iou`` says how much of the
-    mask they keep) or ``"rle"`` (compressed RLE, exact). Instances without a mask keep
-    their box, with an empty polygon list, or an all-zero RLE (FiftyOne's importer drops
+    ``segmentation``: ``"polygon"`` (the labeler's exact pixel-edge polygons, holes as
+    keyholes; ``polygon_iou`` checks it) or ``"rle"`` (compressed RLE). Instances without a
+    mask keep their box, with an empty polygon list, or an all-zero RLE (FiftyOne's importer drops
     a detection without a decodable mask, and the worst instances would vanish). Every
     annotation carries ``score`` (when known) and an ``attributes`` dict (annotation_id,
     score, proxy_iou, ignore_mask, labeled, review_rank), the place CVAT reads attributes
     from; unknown values are left out."""
-    counts = {"annotations": 0, "without_mask": 0, "polygon_holes_filled": 0}
+    counts = {"annotations": 0, "without_mask": 0, "polygons_inexact": 0}
     images, anns = [], []
     for r in review:
         e = r.entry
@@ -45,7 +45,7 @@ def review_coco(labels: Labels, review: list[ReviewImage], segmentation: str
                 segm = mask_to_polygons(mask)
                 fid = polygon_fidelity(mask, segm)
                 attrs["polygon_iou"] = round(fid, 4)
-                counts["polygon_holes_filled"] += fid < 1.0
+                counts["polygons_inexact"] += fid < 1.0
                 area = int(mask.sum())
             else:
                 segm = mask_to_rle(mask)

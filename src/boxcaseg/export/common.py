@@ -9,13 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from boxcaseg.data.coco import ImageEntry
 from boxcaseg.errors import ConfigError, DataError
+from boxcaseg.labeling.boxmask import BoxMask
+from boxcaseg.labeling.formats import mask_polygons
 from boxcaseg.report.labels import Instance, Labels, worst_first
+from boxcaseg.structures import mask_to_box
 
 log = logging.getLogger(__name__)
 
@@ -62,21 +64,15 @@ def score_attributes(inst: Instance, rank: int) -> dict[str, Any]:
 
 
 def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
-    """Outer contours of a boolean mask as COCO polygons ``[x1, y1, x2, y2, ...]``.
-
-    Contours are traced on the mask upscaled 2x and mapped back, so they run along pixel
-    edges rather than through boundary pixel centres: pycocotools rasterizes them back to
-    the same mask (holes excepted: COCO polygons cannot hold them; see
-    :func:`polygon_fidelity`)."""
-    m = np.kron(mask.astype(np.uint8), np.ones((2, 2), np.uint8))
-    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    polys = []
-    for c in contours:
-        if len(c) < 3:
-            continue
-        pts = (c.reshape(-1, 2).astype(np.float64) + 0.5) / 2.0
-        polys.append([round(float(v), 2) for v in pts.ravel()])
-    return polys
+    """COCO polygons of a boolean [H, W] mask: the labeler's exact pixel-edge polygons
+    (holes cut in as keyholes, :func:`boxcaseg.labeling.formats.mask_polygons`), which
+    pycocotools rasterizes back to the same mask; ``[]`` for an empty mask."""
+    box = mask_to_box(mask)
+    if box is None:
+        return []
+    c0, r0, c1, r1 = box
+    return [[float(v) for v in p]
+            for p in mask_polygons(BoxMask(c0, r0, np.ascontiguousarray(mask[r0:r1, c0:c1])))]
 
 
 def polygons_to_mask(polys: list[list[float]], height: int, width: int) -> np.ndarray:
@@ -87,7 +83,7 @@ def polygons_to_mask(polys: list[list[float]], height: int, width: int) -> np.nd
 
 
 def polygon_fidelity(mask: np.ndarray, polys: list[list[float]]) -> float:
-    """IoU between a mask and its polygons rasterized back (1.0 unless the mask has holes)."""
+    """IoU between a mask and its polygons rasterized back (a check: 1.0 for exact ones)."""
     back = polygons_to_mask(polys, *mask.shape)
     union = int((back | mask).sum())
     return float((back & mask).sum() / union) if union else 1.0

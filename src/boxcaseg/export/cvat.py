@@ -1,6 +1,6 @@
 """CVAT: a "COCO 1.0" dataset (the layout CVAT exports and imports, read by datumaro):
 
-    OUT/annotations/instances_default.json   polygons, worst score first
+    OUT/annotations/instances_default.json   exact polygons (holes as keyholes), worst first
     OUT/images/default/<file_name>           the images (links or copies)
 
 Create a CVAT task from ``images/default`` (in this order), then upload

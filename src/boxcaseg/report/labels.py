@@ -3,8 +3,9 @@
 A labels file is the box dataset with, on each labeled annotation, ``segmentation``
 (compressed RLE of the image size), ``ignore_mask`` (the drop decision), ``proxy_iou`` and
 perhaps ``score``, plus a top-level ``boxcaseg_label`` block (method, config, summary). The
-quality score of an instance is read in exactly one place, :func:`instance_score`, so a later
-score (a calibrated ``score`` field) replaces the proxy IoU everywhere at once.
+quality score of an instance comes from :func:`boxcaseg.labeling.formats.score` (the
+labeler's one definition, the proxy IoU for now) through :func:`instance_score`, so a later
+score replaces it in the report and every export at once.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from boxcaseg.data.coco import CocoData, ImageEntry, parse_coco
 from boxcaseg.errors import DataError
 from boxcaseg.io import read_json
+from boxcaseg.labeling.formats import score
 from boxcaseg.structures import segmentation_to_mask
 
 # the fields the labeler writes on every annotation it answered
@@ -28,18 +30,16 @@ LABEL_FIELDS = ("ignore_mask", "proxy_iou", "score")
 
 
 def instance_score(ann: dict[str, Any]) -> float | None:
-    """Quality score of one labeled annotation, higher is better: ``score`` when the file
-    has one, else the proxy box agreement ``proxy_iou``; ``None`` when it has neither."""
-    for key in ("score", "proxy_iou"):
-        v = ann.get(key)
-        if v is not None and not isinstance(v, bool):
-            try:
-                f = float(v)
-            except (TypeError, ValueError):
-                continue
-            if math.isfinite(f):
-                return f
-    return None
+    """Quality score of one labeled annotation, higher is better: the labeler's own
+    definition (:func:`boxcaseg.labeling.formats.score`, the one place that defines it),
+    ``None`` for an annotation the labeler did not answer or a non-finite value."""
+    if not any(k in ann for k in LABEL_FIELDS):
+        return None
+    try:
+        v = float(score(ann))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
 
 
 @dataclass
