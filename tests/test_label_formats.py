@@ -108,7 +108,7 @@ def test_results_format_loads_with_loadRes(labeled):
         dt = gt.loadRes(results)
         for r in results:
             ann = ref.anns[r["annotation_id"]]
-            assert r["score"] == ann["proxy_iou"]
+            assert r["score"] == ann["score"] and r["mask_source"] == "grabcut"
             assert (r["image_id"], r["category_id"], r["bbox"]) == \
                 (ann["image_id"], ann["category_id"], ann["bbox"])
         for d in dt.anns.values():

@@ -88,6 +88,13 @@ def test_resume_refuses_another_world_size_input_or_config(tmp_path, caplog):
                       resume=True, progress=False)
     with pytest.raises(ConfigError, match="different method"):
         label_dataset(coco, part, "grabcut", shard=(0, 2), resume=True, progress=False)
+    # the issue-13 fields are part of the config a part is bound to
+    with pytest.raises(ConfigError, match=r"different config \(min_score: None -> 0.5\)"):
+        label_dataset(coco, part, "box", LabelConfig(min_score=0.5), shard=(0, 2),
+                      resume=True, progress=False)
+    with pytest.raises(ConfigError, match=r"different config \(keep_gt_masks: True -> False\)"):
+        label_dataset(coco, part, "box", LabelConfig(keep_gt_masks=False), shard=(0, 2),
+                      resume=True, progress=False)
     edited = json.loads(path.read_text())
     edited["annotations"][0]["bbox"] = [3, 3, 10, 10]  # the stale-mask case of issue 12
     path.write_text(json.dumps(edited))
@@ -160,3 +167,28 @@ def test_shard_and_torchrun_do_not_mix(tmp_path):
                       dist=DistInfo(rank=0, world_size=2), progress=False)
     assert cli_main(["merge-labels", str(tmp_path / "none.jsonl"), "--out",
                      str(tmp_path / "m")]) != 0
+
+
+def test_parts_from_before_the_score_merge_with_proxy_iou_as_results_score(tmp_path):
+    """Parts written before ``score`` / ``keep_gt_masks`` existed still merge: the results
+    format falls back to the proxy IoU, the dataset format writes what the records hold."""
+    path, root, _ = _make_dataset(tmp_path)
+    parts = [tmp_path / f"p{k}.jsonl" for k in range(2)]
+    for k, p in enumerate(parts):
+        assert _label(path, root, p, "--shard", f"{k}/2") == 0
+        lines = [json.loads(line) for line in p.read_text().splitlines()]
+        del lines[0]["header"]["config"]["keep_gt_masks"]
+        for rec in lines[1:]:
+            for _, f in rec.get("anns", []):
+                del f["score"]
+        p.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    res = tmp_path / "r.json"
+    assert cli_main(["merge-labels", *map(str, parts), "--format", "results",
+                     "--out", str(res)]) == 0
+    results = json.loads(res.read_text())
+    assert len(results) == 15 and all(r["score"] == r["proxy_iou"] for r in results)
+    ds = tmp_path / "d.json"
+    assert cli_main(["merge-labels", *map(str, parts), "--out", str(ds)]) == 0
+    anns = [a for a in json.loads(ds.read_text())["annotations"] if "proxy_iou" in a]
+    assert len(anns) == 15 and all("score" not in a and a["mask_source"] == "box"
+                                   for a in anns)

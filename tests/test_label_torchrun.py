@@ -35,11 +35,15 @@ def _dataset(tmp_path: Path) -> tuple[Path, Path]:
         img[8:30, 6:28] = (220, 40, 40)  # an object to find
         Image.fromarray(img).save(root / f"im{i}.png")
         images.append({"id": i + 1, "file_name": f"im{i}.png", "width": w, "height": h})
-        for _ in range(1 + i % 4):  # 1..4 boxes: shards are balanced by boxes, not images
+        for j in range(1 + i % 4):  # 1..4 boxes: shards are balanced by boxes, not images
             x, y = rng.uniform(0, w / 2), rng.uniform(0, h / 2)
-            anns.append({"id": 1000 + len(anns), "image_id": i + 1, "category_id": 1,
-                         "bbox": [round(x, 2), round(y, 2), round(rng.uniform(8, w / 2), 2),
-                                  round(rng.uniform(8, h / 2), 2)], "iscrowd": 0})
+            bw, bh = round(rng.uniform(8, w / 2), 2), round(rng.uniform(8, h / 2), 2)
+            ann = {"id": 1000 + len(anns), "image_id": i + 1, "category_id": 1,
+                   "bbox": [round(x, 2), round(y, 2), bw, bh], "iscrowd": 0}
+            if j == 0 and i % 3 == 0:  # mixed supervision: a few boxes come with a GT mask
+                x0, y0 = ann["bbox"][0] + 1, ann["bbox"][1] + 1
+                ann["segmentation"] = [[x0, y0, x0 + bw - 2, y0, x0 + bw / 2, y0 + bh - 2]]
+            anns.append(ann)
     path = tmp_path / "boxes.json"
     path.write_text(json.dumps({"images": images, "annotations": anns,
                                 "categories": [{"id": 1, "name": "thing"}]}))
@@ -112,10 +116,22 @@ def test_two_rank_label_killed_and_resumed_equals_uninterrupted(tmp_path):
     assert a["boxcaseg_label"]["config"] == b["boxcaseg_label"]["config"]
     inter = union = 0
     for x, y in zip(a["annotations"], b["annotations"]):
+        if x.get("mask_source") == "gt":  # as given (checked below)
+            assert x == y
+            continue
         mx, my = rle_to_mask(x["segmentation"]), rle_to_mask(y["segmentation"])
         inter += (mx & my).sum()
         union += (mx | my).sum()
     assert union > 0 and inter / union >= 0.999
+    # GT masks pass through every layout as given; every other box has its score
+    given = {a["id"]: a for a in json.loads(boxes.read_text())["annotations"]}
+    gt_ids = {k for k, a in given.items() if "segmentation" in a}
+    assert len(gt_ids) == 4 and b["boxcaseg_label"]["summary"]["gt_masks"] == 4
+    for y in b["annotations"]:
+        if y["id"] in gt_ids:
+            assert y == {**given[y["id"]], "mask_source": "gt", "score": 1.0}
+        else:
+            assert y["mask_source"] == "boxcaseg" and 0.0 <= y["score"] <= 1.0
 
     # the job-array way: two shards, then merge-labels: the same file as torchrun
     parts = [tmp_path / f"part{k}.jsonl" for k in range(2)]

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "jointly train the BoxCaseg network on salient + box-supervised images"),
     "label": ("label", "write proxy masks for every box of a COCO/VOC dataset (boxcaseg|grabcut|box)"),
     "merge-labels": ("merge_labels", "join the part files of `label --shard K/N` runs into one output"),
+    "calibrate": ("calibrate", "fit the keep/ignore rule of proxy masks on a few GT masks, or apply it"),
     "train-maskrcnn": ("train_maskrcnn", "train the Proxy Mask R-CNN on boxes + proxy masks"),
     "predict": ("predict", "run a trained Mask R-CNN on images; COCO results JSON + overlay PNGs"),
     "eval": ("evaluate", "score masks against ground truth (mIoU*, IoU@k) or results (COCO/VOC AP)"),

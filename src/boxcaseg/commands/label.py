@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_path(args.out)  # before hours of labeling, not after
     # input errors first, before any process group or model
     coco = _load_data(args)
-    boxes = BoxInput.from_coco(coco)
+    boxes = BoxInput.from_coco(coco, keep_gt_masks=cfg.keep_gt_masks)
     del coco  # the compact form is all labeling needs
     info = init_distributed(cfg.device, timeout=DIST_TIMEOUT)
     try:

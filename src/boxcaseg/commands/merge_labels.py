@@ -45,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
     if not Path(source).is_file():
         raise DataError(f"{source}: the input box file of these parts is not there (pass "
                         "--boxes with its new location)")
-    boxes = BoxInput.from_coco(load_coco(source))
+    # GT masks kept as the labeling run did (parts from before keep_gt_masks labeled all)
+    boxes = BoxInput.from_coco(load_coco(source),
+                               keep_gt_masks=bool(header["config"].get("keep_gt_masks", False)))
     with OutputLock(args.out, "boxcaseg merge-labels"):
         index = index_parts(args.parts, boxes)
         if index.all_failed:

@@ -10,7 +10,8 @@ A sample is a dict:
   :func:`boxcaseg.data.transforms.normalize`);
 * ``box``: float32 [4] XYXY in crop pixel coordinates (the MIL target);
 * ``mask``: float32 [1, S, S] (the salient ground truth; zeros for box samples);
-* ``is_salient``: bool.
+* ``is_salient``: bool: the sample trains the pixel heads (a salient crop, or a box crop
+  whose annotation carries a ground-truth mask: mixed supervision, ``data.gt_masks``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch.utils.data import Dataset
 
 from boxcaseg.data.coco import BoxAnnotation, CocoData, ImageEntry
 from boxcaseg.data.crops import augmented_box_crop, salient_box, salient_box_crop, salient_crop
+from boxcaseg.data.gt_masks import box_crop_with_mask, decode_gt_mask, gt_annotation_ids
 from boxcaseg.data.sampler import BOX, SALIENT, SampleRef
 from boxcaseg.errors import DataError
 from boxcaseg.io import read_image_rgb, size_mismatch_message
@@ -93,11 +95,17 @@ def load_with_substitute(load: Any, index: int, n: int, bad: set[int]) -> tuple[
 
 
 class BoxCropDataset:
-    """Every non-crowd box of a COCO set is one sample: jittered crop resized to ``S x S``."""
+    """Every non-crowd box of a COCO set is one sample: jittered crop resized to ``S x S``.
+
+    ``gt_masks``: a box whose annotation carries a ground-truth mask
+    (:func:`boxcaseg.data.gt_masks.is_gt_annotation`) becomes a pixel-supervised sample,
+    like a salient crop, with that mask warped into the same crop.
+    """
 
     def __init__(self, coco: CocoData, crop_size: int = 288, augment: bool = True,
-                 cache_bytes: int = 0, jitter: str = "centre") -> None:
+                 cache_bytes: int = 0, jitter: str = "centre", gt_masks: bool = False) -> None:
         self.coco = coco
+        self.gt_ids = gt_annotation_ids(coco.raw["annotations"]) if gt_masks else set()
         self.crop_size = int(crop_size)
         self.augment = augment
         self.jitter = jitter
@@ -114,6 +122,9 @@ class BoxCropDataset:
                 self.items.append((im, ann))
         if crowd:
             log.info("%s: %d crowd annotations left out of training", coco.source, crowd)
+        if self.gt_ids:
+            log.info("%s: %d of %d boxes carry a ground-truth mask (pixel supervision)",
+                     coco.source, sum(a.id in self.gt_ids for _, a in self.items), len(self.items))
         needed = sum(im.width * im.height * 3 for im in {id(e): e for e, _ in self.items}.values())
         # Cache only when the whole decoded set fits: a partial cache just wastes memory.
         self._cache = ImageCache(cache_bytes if needed <= cache_bytes else 0)
@@ -139,6 +150,13 @@ class BoxCropDataset:
     def get(self, index: int, seed: int) -> dict[str, Any]:
         (image, ann), _ = load_with_substitute(self._load, index, len(self), self._bad)
         rng = np.random.default_rng(seed)
+        if ann.id in self.gt_ids:
+            mask = decode_gt_mask(ann.segmentation, image.shape[0], image.shape[1],
+                                  f"{self.coco.source}: annotation {ann.id} (gt_masks=false "
+                                  "trains on its box only)")
+            crop, box, cmask = box_crop_with_mask(image, mask, ann.box, self.crop_size, rng,
+                                                  self.augment, self.jitter)
+            return _sample(crop, box, cmask, salient=True)
         crop, box = augmented_box_crop(image, ann.box, self.crop_size, rng, self.augment,
                                        self.jitter)
         return _sample(crop, box, None, salient=False)

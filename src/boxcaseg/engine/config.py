@@ -21,6 +21,9 @@ class TrainConfig:
     salient_root: str = ""  # DUTS-style folder (images/ + masks/ or DUTS-TR-Image/-Mask)
     boxes_json: str = ""  # COCO JSON with the box-supervised training boxes
     images_root: str = ""  # folder of the box images; "" = <boxes_json folder>/images
+    # mixed supervision: boxes of boxes_json that carry a ground-truth mask (data/gt_masks.py)
+    # also train the pixel heads, like salient crops; a labels file's proxy masks never do
+    gt_masks: bool = True
     num_salient: int | None = None  # use N salient images, a random sample drawn with `seed`; None = all
     cache_images_mb: int = 1024  # keep decoded images in RAM if the set fits (per worker)
     # unusable samples (unreadable, size mismatch, empty mask) are skipped and counted; the run

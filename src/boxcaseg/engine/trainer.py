@@ -59,7 +59,7 @@ def build_datasets(cfg: TrainConfig) -> tuple[BoxCropDataset | None, SalientCrop
         root = Path(cfg.images_root) if cfg.images_root else Path(cfg.boxes_json).parent / "images"
         coco = load_coco(cfg.boxes_json, root)
         box_ds = BoxCropDataset(coco, cfg.crop_size, augment=True, cache_bytes=cache,
-                                jitter=cfg.box_jitter)
+                                jitter=cfg.box_jitter, gt_masks=cfg.gt_masks)
         screen_box_dataset(box_ds, cfg.max_bad_fraction)
         if len(box_ds) == 0:
             raise DataError(f"{cfg.boxes_json}: no usable (non-crowd) boxes to train on")

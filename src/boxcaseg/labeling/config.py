@@ -31,6 +31,12 @@ class LabelConfig:
     merge: bool = True            # "smaller object better"
     drop: bool = True             # "proxy box agreement"
     drop_iou: float = 0.95        # keep a mask iff IoU(tight box of mask, snapped GT box) >= this
+    # calibrated rule (boxcaseg calibrate): also ignore a mask whose score is below this
+    # (labeling/score.py); None = proxy-box rule only
+    min_score: float | None = None
+    # mixed supervision: annotations that already carry a ground-truth mask are kept as given
+    # (mask_source "gt") and not labeled; False = label every box
+    keep_gt_masks: bool = True
     # --- inference ------------------------------------------------------------------------
     batch_size: int = 16          # crops per forward pass (measured: see bench/results_label.md)
     alpha: float | None = None    # fusion weight of the salient head; None = as trained
@@ -63,6 +69,8 @@ class LabelConfig:
                               f"{self.threshold_mode!r}")
         if not 0.0 <= self.drop_iou <= 1.0:
             raise ConfigError(f"drop_iou must be in [0, 1], got {self.drop_iou}")
+        if self.min_score is not None and not 0.0 <= self.min_score <= 1.0:
+            raise ConfigError(f"min_score must be in [0, 1] or null, got {self.min_score}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.alpha is not None and not 0.0 <= self.alpha <= 1.0:

@@ -3,13 +3,15 @@
 Formats (``--format``):
 
 * ``dataset`` (default): the input COCO dataset JSON, every field kept, each labeled
-  annotation with ``segmentation``, ``area``, ``ignore_mask`` and ``proxy_iou``, plus a
-  top-level ``boxcaseg_label`` block. Byte for byte what ``json.dump`` of the whole dict
+  annotation with ``segmentation``, ``area``, ``ignore_mask``, ``proxy_iou``, ``score`` and
+  ``mask_source``, GT masks of the input as given plus ``mask_source: "gt"``, ``score: 1.0``,
+  and a top-level ``boxcaseg_label`` block. Byte for byte what ``json.dump`` of the whole dict
   writes, but streamed one annotation at a time.
 * ``results``: a COCO results list (``COCO.loadRes``, ``COCOeval``): one entry per labeled
   annotation with ``image_id``, ``category_id``, ``bbox``, ``score``, ``segmentation`` and,
-  as extras, ``annotation_id``, ``ignore_mask`` and ``proxy_iou``. ``score`` comes from
-  :func:`score` alone.
+  as extras, ``annotation_id``, ``ignore_mask``, ``proxy_iou`` and ``mask_source``. ``score``
+  comes from :func:`score` alone. GT masks of the input (mixed supervision) are not results
+  and are left out (they are in the input file).
 * ``jsonl``: a first line ``{"dataset": {...}}`` with every top-level key except ``images``
   and ``annotations`` (plus ``boxcaseg_label``), then one line per image
   ``{"image": {...}, "annotations": [...]}`` in input order: for sets too large to parse as
@@ -47,9 +49,10 @@ ANNOTATIONS = object()  # where the annotation list goes among the top-level key
 def score(fields: dict[str, Any]) -> float:
     """The ``score`` of a labeled mask in the results format (the one place that defines it).
 
-    The proxy box agreement for now; a learned quality score can replace it here.
+    The labeler's predicted mask IoU (``labeling.score``, in every record since it exists);
+    the proxy box agreement for records written before (older parts merged now).
     """
-    return float(fields["proxy_iou"])
+    return float(fields["score"]) if "score" in fields else float(fields["proxy_iou"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,7 +113,8 @@ def result_entry(ann: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
     return {"image_id": ann["image_id"], "category_id": ann["category_id"],
             "bbox": ann["bbox"], "score": score(fields),
             "segmentation": fields["segmentation"], "annotation_id": ann["id"],
-            "ignore_mask": fields["ignore_mask"], "proxy_iou": fields["proxy_iou"]}
+            "ignore_mask": fields["ignore_mask"], "proxy_iou": fields["proxy_iou"],
+            "mask_source": ann.get("mask_source")}
 
 
 def _write_list(f: IO[str], items: Iterable[Any]) -> None:

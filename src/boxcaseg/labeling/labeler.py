@@ -7,8 +7,16 @@ per box (``boxmask.BoxMask``: box-sized arrays), never as K full-image arrays.
 :func:`label_images` is the whole labeler: it knows nothing of files, ranks or output
 formats. A record is ``{"image_id", "error", "fallbacks", "anns": [[annotation id, fields],
 ...]}`` with ``fields`` = ``segmentation`` (compressed RLE or polygons), ``area`` (mask
-pixels), ``ignore_mask`` and ``proxy_iou``. ``labeling.shards`` writes records to resumable
-part files, shards over processes and merges; ``labeling.formats`` writes the outputs.
+pixels), ``ignore_mask``, ``proxy_iou`` and ``score`` (the mask's predicted IoU,
+``labeling.score``, from the fused probability maps). ``labeling.shards`` writes records to
+resumable part files, shards over processes and merges (adding ``mask_source``);
+``labeling.formats`` writes the outputs.
+
+Mixed supervision (``data.gt_masks``, ``cfg.keep_gt_masks``): annotations that already carry a
+ground-truth mask are not labeled (no record field; the merge passes them through as given,
+``mask_source: "gt"``, ``score: 1.0``), but an image's GT masks (``ImageTask.gt_*``) take part
+in "smaller object better" as fixed masks: a GT mask takes its pixels from any proxy mask
+with a larger box and loses none.
 
 :func:`label_dataset` is the one-call API (``CocoData`` in, output file out); see
 ``shards.label_job`` for what it does with resume, locks and torchrun.
@@ -29,12 +37,15 @@ from typing import Any
 
 import numpy as np
 
+from boxcaseg.data.gt_masks import decode_gt_mask
 from boxcaseg.errors import ConfigError, ImageReadError
 from boxcaseg.io import read_image_rgb, size_mismatch_message
 from boxcaseg.labeling import boxmask
 from boxcaseg.labeling.baselines import grabcut_mask_status
 from boxcaseg.labeling.boxmask import BoxMask
+from boxcaseg.labeling.calibrate import rule_ignores
 from boxcaseg.labeling.config import METHODS, LabelConfig
+from boxcaseg.labeling.score import scores_for, soft_ious
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +68,7 @@ class LabelSummary:
     images_failed: list[tuple[int, str]] = field(default_factory=list)  # (image id, error)
     annotations_failed: int = 0       # annotations of failed images (no mask)
     grabcut_fallbacks: int = 0        # boxes GrabCut could not run on (filled box used)
+    gt_masks: int = 0                 # annotations with a GT mask, passed through unchanged
     # run-specific (not written into the output file)
     images_resumed: int = 0           # images taken from a previous run's sidecar
     instances_this_run: int = 0
@@ -83,7 +95,7 @@ class LabelSummary:
             "skipped_reasons": self.skipped_reasons(),
             "images_failed": len(self.images_failed),
             "annotations_failed": self.annotations_failed,
-            "grabcut_fallbacks": self.grabcut_fallbacks,
+            "grabcut_fallbacks": self.grabcut_fallbacks, "gt_masks": self.gt_masks,
         }
 
     def format(self) -> str:
@@ -95,6 +107,7 @@ class LabelSummary:
             f"  skipped boxes: {len(self.skipped)} {self.skipped_reasons() or ''}".rstrip(),
             f"  boxes clipped to their image: {self.clipped}",
             f"  crowd annotations passed through: {self.crowd}",
+            f"  ground-truth masks kept as given (mask_source gt): {self.gt_masks}",
             f"  images failed: {len(self.images_failed)} "
             f"({self.annotations_failed} annotations left without masks)",
         ]
@@ -135,7 +148,9 @@ def sidecar_path(out_path: str | os.PathLike) -> Path:
 
 @dataclass
 class ImageTask:
-    """What labeling needs of one image: its file, size and non-crowd boxes (XYXY [K, 4])."""
+    """What labeling needs of one image: its file, size and the non-crowd boxes to label
+    (XYXY [K, 4]); ``gt_*``: its annotations with a ground-truth mask (mixed supervision),
+    not labeled, fixed masks in merge: ids, XYXY boxes [G, 4], raw ``segmentation``s."""
 
     id: int
     file_name: str
@@ -144,6 +159,25 @@ class ImageTask:
     width: int
     ann_ids: np.ndarray
     boxes: np.ndarray
+    gt_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    gt_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    gt_segmentations: list[Any] = field(default_factory=list)
+
+    def fixed_masks(self) -> list[BoxMask]:
+        """The GT masks as box masks over each mask's own extent (a drawn mask may reach
+        outside its box), decoded one at a time; ``DataError`` naming a malformed one."""
+        out = []
+        for aid, segm in zip(self.gt_ids, self.gt_segmentations):
+            full = decode_gt_mask(segm, self.height, self.width,
+                                  f"annotation {int(aid)} (image {self.id}; keep_gt_masks=false "
+                                  "labels it instead)")
+            rows, cols = np.flatnonzero(full.any(1)), np.flatnonzero(full.any(0))
+            if rows.size == 0:
+                out.append(BoxMask(0, 0, np.zeros((0, 0), dtype=bool)))
+                continue
+            r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+            out.append(BoxMask(c0, r0, np.ascontiguousarray(full[r0:r1, c0:c1])))
+        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,24 +199,38 @@ def _masks_for_image(method: str, image: np.ndarray, boxes: np.ndarray, cfg: Lab
 
 
 def postprocess_box_masks(masks: Sequence[BoxMask], boxes: np.ndarray, height: int, width: int,
-                          cfg: LabelConfig) -> list[dict[str, Any]]:
-    """Merge + drop the K raw masks of one image -> the annotation fields to write, in order."""
+                          cfg: LabelConfig, soft: Sequence[float] | None = None,
+                          fixed: tuple[Sequence[BoxMask], np.ndarray] | None = None
+                          ) -> list[dict[str, Any]]:
+    """Merge + drop + score the K raw masks of one image -> the annotation fields to write.
+
+    ``soft``: the masks' expected IoUs under their probability maps (``score.soft_ious``; None
+    for the baselines). ``fixed``: the image's GT masks and boxes (XYXY [G, 4]); they take part
+    in "smaller object better" like any mask but are not written (they stay as given)."""
     from boxcaseg.labeling.formats import encode_segmentation
 
-    if cfg.merge and len(masks) > 1:
+    raw_areas = [m.area for m in masks]
+    if cfg.merge and fixed is not None and len(fixed[0]):
+        merged = boxmask.merge_smaller_first(
+            [*masks, *fixed[0]], np.concatenate([np.asarray(boxes, dtype=np.float64)
+                                                 .reshape(-1, 4), fixed[1]]), height, width)
+        masks = merged[:len(masks)]
+    elif cfg.merge and len(masks) > 1:
         masks = boxmask.merge_smaller_first(masks, boxes, height, width)
-    ious, ignore = boxmask.drop_decisions(masks, boxes, height, width, cfg.drop_iou, cfg.drop)
+    ious, _ = boxmask.drop_decisions(masks, boxes, height, width, cfg.drop_iou, cfg.drop)
+    scores = scores_for(raw_areas, [m.area for m in masks], ious, soft)
+    ignore = [rule_ignores(m.area, iou, sc, cfg) for m, iou, sc in zip(masks, ious, scores)]
     return [{"segmentation": encode_segmentation(m, height, width, cfg.segmentation),
-             "area": m.area, "ignore_mask": ig, "proxy_iou": iou}
-            for m, iou, ig in zip(masks, ious, ignore)]
+             "area": m.area, "ignore_mask": ig, "proxy_iou": iou, "score": sc}
+            for m, iou, ig, sc in zip(masks, ious, ignore, scores)]
 
 
-def postprocess(masks: np.ndarray, boxes: np.ndarray, cfg: LabelConfig
-                ) -> list[dict[str, Any]]:
+def postprocess(masks: np.ndarray, boxes: np.ndarray, cfg: LabelConfig,
+                soft: Sequence[float] | None = None) -> list[dict[str, Any]]:
     """``postprocess_box_masks`` for full-image masks [K, H, W] confined to their boxes."""
     h, w = masks.shape[1:]
     return postprocess_box_masks([BoxMask.from_full(m, b) for m, b in zip(masks, boxes)],
-                                 boxes, h, w, cfg)
+                                 boxes, h, w, cfg, soft)
 
 
 def _load(task: ImageTask) -> np.ndarray:
@@ -252,12 +300,14 @@ def _label_chunk(chunk: Sequence[ImageTask], method: str, cfg: LabelConfig, pred
 
     raw_masks: list[list[BoxMask] | None] = [None] * len(chunk)
     fallbacks = [0] * len(chunk)
+    soft: list[list[float] | None] = [None] * len(chunk)
     if method == "boxcaseg":
         idx = [i for i, img in enumerate(images) if img is not None]
-        masks = predictor.predict_images([images[i] for i in idx], [chunk[i].boxes for i in idx],
-                                         box_masks=True)
-        for i, m in zip(idx, masks):
+        masks = predictor.predict_images_with_probs(
+            [images[i] for i in idx], [chunk[i].boxes for i in idx], box_masks=True)
+        for i, (m, probs) in zip(idx, masks):
             raw_masks[i] = m
+            soft[i] = soft_ious(probs, cfg.threshold, cfg.threshold_mode)
     else:
         for i, img in enumerate(images):
             if img is not None:
@@ -268,7 +318,9 @@ def _label_chunk(chunk: Sequence[ImageTask], method: str, cfg: LabelConfig, pred
         rec: dict[str, Any] = {"image_id": t.id, "error": errors[i], "fallbacks": fallbacks[i],
                                "anns": []}
         if raw_masks[i] is not None:
-            fields = postprocess_box_masks(raw_masks[i], t.boxes, t.height, t.width, cfg)
+            fixed = (t.fixed_masks(), t.gt_boxes) if len(t.gt_ids) else None
+            fields = postprocess_box_masks(raw_masks[i], t.boxes, t.height, t.width, cfg,
+                                           soft[i], fixed)
             rec["anns"] = [[int(aid), f] for aid, f in zip(t.ann_ids, fields)]
         records.append(rec)
     return records
@@ -286,7 +338,8 @@ def label_dataset(coco: Any, out_path: str | os.PathLike, method: str,
     """
     from boxcaseg.labeling.shards import BoxInput, label_job
 
-    return label_job(BoxInput.from_coco(coco), out_path, method, cfg or LabelConfig(),
+    cfg = cfg or LabelConfig()
+    return label_job(BoxInput.from_coco(coco, keep_gt_masks=cfg.keep_gt_masks), out_path, method, cfg,
                      model=model, resume=resume, progress=progress, fmt=fmt, **job)
 
 

@@ -342,6 +342,16 @@ class BoxcasegPredictor:
         The crops of all the images go through the model together (``cfg.batch_size`` per
         forward pass), so images with few boxes still fill the batches.
         """
+        return [m for m, _ in self.predict_images_with_probs(images, boxes, box_masks)]
+
+    @torch.inference_mode()
+    def predict_images_with_probs(self, images: Sequence[np.ndarray],
+                                  boxes: Sequence[np.ndarray], box_masks: bool = False
+                                  ) -> list[tuple[Any, torch.Tensor]]:
+        """Like :meth:`predict_images`, plus each box's probability map (what the masks were
+        thresholded from): per image ``(masks, probs float [K, 1, h, w])``, ``probs`` over
+        the box's crop region at the model's output resolution (crop-sized, never image-sized),
+        before any ``threshold_mode`` rescaling (``labeling.score`` reads them)."""
         cfg = self.cfg
         crops, regions = [], []
         for image, b in zip(images, boxes):
@@ -357,8 +367,9 @@ class BoxcasegPredictor:
             k = len(r)
             h, w = image.shape[:2]
             paste = paste_probs_boxes if box_masks else paste_probs
-            out.append(paste(probs[start:start + k], np.asarray(b, dtype=np.float64)
-                             .reshape(-1, 4), r, h, w, cfg.threshold, cfg.threshold_mode))
+            p = probs[start:start + k]
+            out.append((paste(p, np.asarray(b, dtype=np.float64).reshape(-1, 4), r, h, w,
+                              cfg.threshold, cfg.threshold_mode), p.cpu()))
             start += k
         return out
 

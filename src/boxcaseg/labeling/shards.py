@@ -46,6 +46,7 @@ import numpy as np
 from tqdm import tqdm
 
 from boxcaseg.config import to_dict
+from boxcaseg.data.gt_masks import GT, is_gt_annotation
 from boxcaseg.engine.distributed import DistInfo, all_true, barrier
 from boxcaseg.errors import BoxcasegError, ConfigError, DataError
 from boxcaseg.io import remove_stale_temp_files
@@ -59,7 +60,7 @@ from boxcaseg.structures import with_empty_mask
 log = logging.getLogger(__name__)
 
 PART_VERSION = 2
-LABEL, CROWD, SKIPPED = 0, 1, 2  # what happens to an input annotation
+LABEL, CROWD, SKIPPED, GT_MASK = 0, 1, 2, 3  # what happens to an input annotation
 DIST_TIMEOUT = timedelta(hours=24)  # ranks done early wait this long for the slowest rank
 _PART_RE = re.compile(r"\.part-(\d+)-of-(\d+)\.jsonl")
 
@@ -75,7 +76,9 @@ class BoxInput:
     ``top``: the input's top-level (key, value) pairs in order, ``formats.ANNOTATIONS`` in
     place of the annotation list. Annotation ``p`` (input order): id ``ann_ids[p]``, image
     index ``ann_image[p]``, clipped XYXY box ``ann_boxes[p]``, ``ann_kind[p]`` (LABEL, CROWD,
-    SKIPPED) and its original JSON ``ann_raw[p]``.
+    SKIPPED, GT_MASK) and its original JSON ``ann_raw[p]``. ``keep_gt_masks``: whether
+    annotations with a ground-truth mask are GT_MASK (kept as given, fixed in merge) or LABEL
+    (``LabelConfig.keep_gt_masks``; a run's input and config must agree).
     """
 
     source: str
@@ -94,6 +97,7 @@ class BoxInput:
     ann_raw: list[str]
     skipped: list[tuple[int, str]]
     clipped: int
+    keep_gt_masks: bool = True
     _image_order: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
     _label_pos: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
     _label_ptr: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
@@ -114,7 +118,7 @@ class BoxInput:
         self._all_pos, self._all_ptr = csr(np.arange(len(self.ann_ids)))
 
     @classmethod
-    def from_coco(cls, coco: Any) -> BoxInput:
+    def from_coco(cls, coco: Any, keep_gt_masks: bool = True) -> BoxInput:
         """From a validated ``CocoData`` (``data.coco.load_coco`` / ``data.voc.load_voc``)."""
         raw = coco.raw
         index = {im.id: i for i, im in enumerate(coco.images)}
@@ -135,7 +139,8 @@ class BoxInput:
             else:
                 ann_image[p] = hit[0]
                 ann_boxes[p] = hit[1].box
-                ann_kind[p] = CROWD if hit[1].iscrowd else LABEL
+                ann_kind[p] = (CROWD if hit[1].iscrowd else
+                               GT_MASK if keep_gt_masks and is_gt_annotation(a) else LABEL)
             ann_raw.append(json.dumps(a))
         source = str(coco.source)
         fingerprint = (file_fingerprint(source) if Path(source).is_file()
@@ -152,7 +157,7 @@ class BoxInput:
             paths=[None if im.path is None else str(im.path) for im in coco.images],
             ann_ids=ann_ids, ann_image=ann_image, ann_boxes=ann_boxes, ann_kind=ann_kind,
             ann_raw=ann_raw, skipped=list(coco.skipped),
-            clipped=int(coco.report.get("clipped_box", 0)))
+            clipped=int(coco.report.get("clipped_box", 0)), keep_gt_masks=keep_gt_masks)
 
     @property
     def num_images(self) -> int:
@@ -178,9 +183,17 @@ class BoxInput:
     def task(self, i: int) -> ImageTask:
         pos = self.label_positions(i)
         path = self.paths[i]
-        return ImageTask(int(self.image_ids[i]), self.file_names[i],
+        task = ImageTask(int(self.image_ids[i]), self.file_names[i],
                          None if path is None else Path(path), int(self.heights[i]),
                          int(self.widths[i]), self.ann_ids[pos], self.ann_boxes[pos])
+        if len(pos):  # an image with nothing to label is not read, its GT masks not needed
+            allp = self.all_positions(i)
+            gt = allp[self.ann_kind[allp] == GT_MASK]
+            if len(gt):
+                task.gt_ids, task.gt_boxes = self.ann_ids[gt], self.ann_boxes[gt]
+                task.gt_segmentations = [json.loads(self.ann_raw[p])["segmentation"]
+                                         for p in gt]
+        return task
 
 
 def assign_shards(weights: np.ndarray, num_shards: int) -> np.ndarray:
@@ -373,6 +386,11 @@ def index_parts(parts: Sequence[str | os.PathLike], boxes: BoxInput) -> PartInde
             raise DataError(f"{p}: made with another method, config or number of shards than "
                             f"{parts[0]} (shard {h['shard']} of {h['num_shards']} vs "
                             f"{first['shard']} of {first['num_shards']}); parts of one run only")
+    # parts from before keep_gt_masks existed labeled every box
+    if bool(first["config"].get("keep_gt_masks", False)) != boxes.keep_gt_masks:
+        raise DataError(f"{parts[0]}: labeled with keep_gt_masks="
+                        f"{first['config'].get('keep_gt_masks', False)} but the input was read "
+                        f"with keep_gt_masks={boxes.keep_gt_masks} (BoxInput.from_coco)")
     missing = sorted(set(range(first["num_shards"])) - {h["shard"] for h in headers})
     if missing:
         raise DataError(f"parts of shard(s) {missing} of {first['num_shards']} are missing "
@@ -383,8 +401,9 @@ def index_parts(parts: Sequence[str | os.PathLike], boxes: BoxInput) -> PartInde
     rec_offset = np.zeros(n, dtype=np.int64)
     s = LabelSummary(method=first["method"], images=n, skipped=list(boxes.skipped),
                      clipped=boxes.clipped)
-    s.instances = int((boxes.ann_kind == LABEL).sum())
+    s.instances = int(np.isin(boxes.ann_kind, (LABEL, GT_MASK)).sum())  # GT ones count too
     s.crowd = int((boxes.ann_kind == CROWD).sum())
+    s.gt_masks = int((boxes.ann_kind == GT_MASK).sum())
     failed: list[tuple[int, int, str]] = []
     duplicates = 0
     for j, p in enumerate(parts):
@@ -456,6 +475,8 @@ class _Records:
     def annotation(self, p: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """(output annotation, its labeling fields or None) of input annotation ``p``.
 
+        Labeled annotations gain ``mask_source`` (the method); GT masks (mixed supervision)
+        are passed through as given plus ``mask_source: "gt"`` and ``score: 1.0``.
         Annotations passed through without a mask get an empty one marked
         ``boxcaseg_no_mask`` (``structures.fill_missing_segmentations``), so COCO tools can
         read every annotation."""
@@ -467,6 +488,9 @@ class _Records:
             fields = self.fields(i).get(int(boxes.ann_ids[p]))
             if fields is not None:
                 ann.update(fields)  # existing keys keep their position, new ones go last
+                ann["mask_source"] = self.index.header["method"]
+        elif boxes.ann_kind[p] == GT_MASK:
+            ann.update({"mask_source": GT, "score": 1.0})
         if fields is None and not ann.get("segmentation"):
             ann = with_empty_mask(ann, int(boxes.heights[i]), int(boxes.widths[i]))
         return ann, fields
@@ -533,6 +557,10 @@ def label_job(boxes: BoxInput, out: str | os.PathLike, method: str, cfg: LabelCo
     ``shard=(K, N)`` of a job array (then ``out`` is the part file). See the module doc."""
     cfg.validate()
     check_method(method, model)
+    if boxes.keep_gt_masks != cfg.keep_gt_masks:
+        raise ConfigError(f"the input was read with keep_gt_masks={boxes.keep_gt_masks}, the "
+                          f"config says {cfg.keep_gt_masks}; build it with "
+                          "BoxInput.from_coco(coco, keep_gt_masks=cfg.keep_gt_masks)")
     if method == "boxcaseg":  # record the crop actually used (the checkpoint's by default)
         cfg = resolve_crop_size(cfg, getattr(model, "model", model))
     if fmt not in formats.FORMATS:
