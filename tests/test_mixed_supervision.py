@@ -271,3 +271,18 @@ def test_fixed_gt_merge_on_box_masks_equals_the_full_image_reference():
             if raw.sum():
                 want = min(r.sum() / raw.sum(), 1.0) * np.sqrt(f["proxy_iou"])
                 assert f["score"] == pytest.approx(round(want, 6), abs=1e-6)
+
+
+def test_report_and_export_read_the_labelers_score(tmp_path):
+    from boxcaseg.report.labels import load_labels
+
+    path, root, _ = _dataset(tmp_path)
+    out = tmp_path / "labels.json"
+    label_dataset(load_coco(path, root), out, "box", LabelConfig(), progress=False)
+    anns = {a["id"]: a for a in json.loads(out.read_text())["annotations"]}
+    labels = load_labels(out, root)
+    assert len(labels.instances) == 8
+    for inst in labels.instances:
+        assert inst.score == anns[inst.ann_id]["score"]
+    assert {i.ann_id for i in labels.instances if i.score == 1.0} >= {1, 11}  # the GT ones
+    assert any(i.score < 1.0 for i in labels.instances)  # merge lowered some proxy masks

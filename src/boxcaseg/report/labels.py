@@ -1,11 +1,13 @@
 """The labeler's COCO dataset JSON as the report and the exporters see it.
 
 A labels file is the box dataset with, on each labeled annotation, ``segmentation``
-(compressed RLE of the image size), ``ignore_mask`` (the drop decision), ``proxy_iou`` and
-perhaps ``score``, plus a top-level ``boxcaseg_label`` block (method, config, summary). The
-quality score of an instance comes from :func:`boxcaseg.labeling.formats.score` (the
-labeler's one definition, the proxy IoU for now) through :func:`instance_score`, so a later
-score replaces it in the report and every export at once.
+(compressed RLE of the image size), ``ignore_mask`` (the drop decision), ``proxy_iou``,
+``score`` and ``mask_source`` (files from before issue 13: no ``score``), plus a top-level
+``boxcaseg_label`` block (method, config, summary); GT masks passed through by the labeler
+carry ``mask_source: "gt"`` and ``score: 1.0``. The quality score of an instance comes from
+:func:`boxcaseg.labeling.formats.score` (the labeler's one definition: the predicted mask IoU,
+the proxy IoU where a file has none) through :func:`instance_score`, so the report and every
+export read the same value.
 """
 
 from __future__ import annotations
