@@ -131,16 +131,6 @@ def _reason_kind(reason: str) -> str:
     return reason
 
 
-def _reason_kind(reason: str) -> str:
-    if "sub-pixel" in reason:
-        return "sub_pixel_box"
-    if "outside" in reason:
-        return "box_outside_image"
-    if "zero" in reason or "negative" in reason:
-        return "zero_size_box"
-    return reason
-
-
 def sidecar_path(out_path: str | os.PathLike) -> Path:
     """The progress file of ``out_path`` (removed when the output is complete)."""
     return Path(str(out_path) + SIDECAR_SUFFIX)

@@ -44,34 +44,33 @@ def drop_threshold(s: Labels) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def score_histogram(sets: Sequence[Labels], colours: Sequence[tuple[int, int, int]],
-                    path: Path) -> Path:
+def _step_histograms(values: Sequence[tuple[str, np.ndarray]],
+                     colours: Sequence[tuple[int, int, int]], xlabel: str, title: str,
+                     path: Path) -> Path:
+    """One step histogram per method on shared [0, 1] bins (methods stay comparable)."""
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
-    for s, c in zip(sets, colours):
-        v = _scores(s)
+    for (name, v), c in zip(values, colours):
         if v.size:
-            ax.hist(np.clip(v, 0, 1), bins=BINS, histtype="step", linewidth=1.8,
-                    color=_hex(c), label=f"{s.name} (n={v.size})")
-    ax.set_xlabel("score (higher is better)")
+            ax.hist(v, bins=BINS, histtype="step", linewidth=1.8, color=_hex(c),
+                    label=f"{name} (n={v.size})")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("instances")
-    ax.set_title("score of each mask")
+    ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left")
     return _save(fig, path)
+
+
+def score_histogram(sets: Sequence[Labels], colours: Sequence[tuple[int, int, int]],
+                    path: Path) -> Path:
+    return _step_histograms([(s.name, np.clip(_scores(s), 0, 1)) for s in sets], colours,
+                            "score (higher is better)", "score of each mask", path)
 
 
 def iou_histogram(sets: Sequence[Labels], ious: dict[str, dict[int, float]],
                   colours: Sequence[tuple[int, int, int]], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(5.2, 3.4))
-    for s, c in zip(sets, colours):
-        v = np.array(list(ious[s.name].values()), dtype=np.float64)
-        if v.size:
-            ax.hist(v, bins=BINS, histtype="step", linewidth=1.8, color=_hex(c),
-                    label=f"{s.name} (n={v.size})")
-    ax.set_xlabel("IoU with the ground-truth mask")
-    ax.set_ylabel("instances")
-    ax.set_title("true mask quality")
-    ax.legend(fontsize=8, loc="upper left")
-    return _save(fig, path)
+    return _step_histograms(
+        [(s.name, np.array(list(ious[s.name].values()), dtype=np.float64)) for s in sets],
+        colours, "IoU with the ground-truth mask", "true mask quality", path)
 
 
 def score_vs_iou(sets: Sequence[Labels], ious: dict[str, dict[int, float]],
