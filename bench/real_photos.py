@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     label_cfg = load_config(LabelConfig, None, ["device=cpu", *args.label])
     m = _label("boxcaseg", coco, run / "labels_boxcaseg.json", label_cfg, model, gt)
     m["train_seconds"] = None if train_s is None else round(train_s)
-    m["label_config"] = to_dict(dataclasses.replace(label_cfg))
+    m["label_config"] = to_dict(label_cfg)
     result["methods"]["boxcaseg"] = m
     print(f"[{args.name}] boxcaseg: mIoU* {m['miou_star']:.3f} IoU@50 {m['iou50']:.3f} "
           f"IoU@75 {m['iou75']:.3f} fill {m['median_fill']:.2f} (GT {m['gt_median_fill']:.2f}) "
