@@ -10,8 +10,8 @@ from pycocotools.cocoeval import COCOeval
 
 from boxcaseg.cli import main as cli_main
 from boxcaseg.data.coco import load_coco
-from boxcaseg.labeling import boxmask, merge_drop
-from boxcaseg.labeling.boxmask import BoxMask
+from boxcaseg.labeling import masks as boxmask, merge_drop
+from boxcaseg.labeling.masks import BoxMask
 from boxcaseg.labeling.config import LabelConfig
 from boxcaseg.labeling.formats import mask_polygons
 from boxcaseg.labeling.labeler import label_dataset

@@ -245,7 +245,7 @@ def test_boxcaseg_score_from_box_masks_matches_full_image_masks(tmp_path):
 def test_fixed_gt_merge_on_box_masks_equals_the_full_image_reference():
     """GT masks as box masks over their own extent (they may reach outside their box) merge
     exactly as full-image masks would (``merge_drop``, the reference)."""
-    from boxcaseg.labeling.boxmask import BoxMask
+    from boxcaseg.labeling.masks import BoxMask
     from boxcaseg.labeling.labeler import ImageTask, postprocess_box_masks
     from boxcaseg.labeling.merge_drop import merge_smaller_first
     from boxcaseg.structures import box_to_mask

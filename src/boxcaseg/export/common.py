@@ -14,7 +14,7 @@ from pycocotools import mask as mask_utils
 
 from boxcaseg.data.coco import ImageEntry
 from boxcaseg.errors import ConfigError, DataError
-from boxcaseg.labeling.boxmask import BoxMask
+from boxcaseg.labeling.masks import BoxMask
 from boxcaseg.labeling.formats import mask_polygons
 from boxcaseg.report.labels import Instance, Labels, worst_first
 from boxcaseg.structures import mask_to_box

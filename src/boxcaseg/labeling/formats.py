@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 from boxcaseg.io import atomic_write
-from boxcaseg.labeling.boxmask import BoxMask, to_rle
+from boxcaseg.labeling.masks import BoxMask, to_rle
 
 FORMATS = ("dataset", "results", "jsonl")
 SEGMENTATIONS = ("rle", "polygon")

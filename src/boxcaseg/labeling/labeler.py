@@ -40,9 +40,9 @@ import numpy as np
 from boxcaseg.data.gt_masks import decode_gt_mask
 from boxcaseg.errors import ConfigError, ImageReadError
 from boxcaseg.io import read_image_rgb, size_mismatch_message
-from boxcaseg.labeling import boxmask
+from boxcaseg.labeling import masks as boxmask
 from boxcaseg.labeling.baselines import grabcut_mask_status
-from boxcaseg.labeling.boxmask import BoxMask
+from boxcaseg.labeling.masks import BoxMask
 from boxcaseg.labeling.calibrate import rule_ignores
 from boxcaseg.labeling.config import METHODS, LabelConfig
 from boxcaseg.labeling.score import scores_for, soft_ious

@@ -32,7 +32,7 @@ from torchvision.ops import roi_align
 from boxcaseg.data.transforms import normalize
 from boxcaseg.engine.distributed import resolve_device
 from boxcaseg.errors import ConfigError
-from boxcaseg.labeling.boxmask import BoxMask
+from boxcaseg.labeling.masks import BoxMask
 from boxcaseg.labeling.config import LabelConfig, resolve_crop_size
 from boxcaseg.structures import snap_box
 
