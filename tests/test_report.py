@@ -18,7 +18,7 @@ from boxcaseg.evaluation.instance_iou import instance_ious
 from boxcaseg.io import read_json
 from boxcaseg.report.build import make_report
 from boxcaseg.report.gallery import crop_window, render_panel
-from boxcaseg.report.labels import instance_score, load_label_sets, load_labels, worst_first
+from boxcaseg.labeling.schema import instance_score, load_label_sets, load_labels, worst_first
 
 
 class _Page(HTMLParser):

@@ -154,7 +154,7 @@ def _label(method: str, data: dict[str, Path], out: Path, size: DemoSize,
     from boxcaseg.data.coco import load_coco
     from boxcaseg.evaluation.instance_iou import mask_quality
     from boxcaseg.labeling.config import LabelConfig
-    from boxcaseg.labeling.labeler import label_dataset
+    from boxcaseg.labeling.job.run import label_dataset
 
     cfg = LabelConfig(crop_size=size.label_crop, device="cpu")
     out_json = out / "labels" / f"{method}.json"

@@ -44,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _fit(args: argparse.Namespace) -> int:
     from boxcaseg.config import dump_yaml
     from boxcaseg.io import atomic_write_text, read_json
-    from boxcaseg.labeling.calibrate import (calibration_pairs, fit, format_curve, read_labels,
-                                             rule_config)
+    from boxcaseg.labeling.calibrate import calibration_pairs, fit, format_curve, rule_config
+    from boxcaseg.labeling.schema import label_info, read_labels
 
     if not args.gt:
         raise ConfigError("fitting a rule needs --gt FEW_MASKS.json (or --apply RULE_YAML to "
@@ -66,7 +66,7 @@ def _fit(args: argparse.Namespace) -> int:
     print(f"rule: keep iff {args.signal} >= {c.threshold:.4f}: keeps {c.kept_fraction:.1%} "
           f"of the calibration masks, predicted mean IoU of the kept {c.kept_mean_iou:.4f}"
           f"{rng}")
-    cfg = rule_config(pred.get("boxcaseg_label", {}).get("config"), cal.rule())
+    cfg = rule_config(label_info(pred).get("config"), cal.rule())
     header = (f"# boxcaseg calibrate: {args.signal} >= {c.threshold:.6f} fitted on {cal.n} GT "
               f"masks ({args.gt}) for {cal.goal}\n# predicted: keeps {c.kept_fraction:.4f} of "
               f"the masks, mean IoU of the kept {c.kept_mean_iou:.4f}{rng} (all: "
@@ -80,7 +80,8 @@ def _fit(args: argparse.Namespace) -> int:
 def _apply(args: argparse.Namespace) -> int:
     from boxcaseg.config import load_config
     from boxcaseg.io import atomic_write_json
-    from boxcaseg.labeling.calibrate import apply_rule, read_labels
+    from boxcaseg.labeling.calibrate import apply_rule
+    from boxcaseg.labeling.schema import read_labels
     from boxcaseg.labeling.config import LabelConfig
 
     if args.gt or args.min_kept_iou is not None or args.keep is not None:

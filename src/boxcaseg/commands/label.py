@@ -75,7 +75,8 @@ def parse_shard(text: str) -> tuple[int, int]:
 def run(args: argparse.Namespace) -> int:
     from boxcaseg.engine.distributed import cleanup, init_distributed
     from boxcaseg.labeling.config import LabelConfig
-    from boxcaseg.labeling.shards import DIST_TIMEOUT, BoxInput, label_job
+    from boxcaseg.labeling.job.inputs import BoxInput
+    from boxcaseg.labeling.job.run import DIST_TIMEOUT, label_job
 
     cfg = load_config(LabelConfig, args.config, args.overrides)
     if args.segmentation:

@@ -31,8 +31,9 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from boxcaseg.data.coco import load_coco
-    from boxcaseg.labeling.shards import (BoxInput, all_failed_error, index_parts,
-                                          read_part_header, write_output)
+    from boxcaseg.labeling.job.inputs import BoxInput
+    from boxcaseg.labeling.job.merge import all_failed_error, index_parts, write_output
+    from boxcaseg.labeling.job.parts import read_part_header
     from boxcaseg.runlock import OutputLock
 
     from boxcaseg.io import check_output_path

@@ -1,22 +1,19 @@
 """Mixed supervision: the few ground-truth masks a user already has, next to the boxes.
 
-Which annotations carry a *ground-truth* mask (:func:`is_gt_annotation`): those with a
-non-empty ``segmentation`` that was not written by ``boxcaseg label``. The labeler marks its
-own masks with ``mask_source`` (``"boxcaseg"``, ``"grabcut"``, ``"box"``) and the masks it
-passed through with ``"gt"``; a file labeled before ``mask_source`` existed is recognised by
-its ``proxy_iou`` field. So a labels file fed back in is never mistaken for ground truth.
+Which annotations carry a *ground-truth* mask: ``labeling.schema.is_gt_annotation`` (those
+with a non-empty ``segmentation`` that was not written by ``boxcaseg label``).
 
 Where they are used:
 
 * ``label`` keeps them byte-identical (``mask_source: "gt"``), labels only the other boxes,
-  and merge lets a GT mask keep all its pixels (``labeling.labeler``);
+  and merge lets a GT mask keep all its pixels (``labeling.postprocess``);
 * ``train`` turns a box crop that carries a GT mask into a pixel-supervised sample, exactly
   like a salient crop (:func:`box_crop_with_mask`; ``data.train_sets.BoxCropDataset``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import cv2
@@ -24,28 +21,7 @@ import numpy as np
 
 from boxcaseg.data.crops import _warp, box_augmentation, clip_crop_box, crop_affine, transform_box
 from boxcaseg.errors import DataError
-from boxcaseg.structures import NO_MASK_KEY, segmentation_to_mask
-
-GT = "gt"  # mask_source of a mask the user gave
-PROXY_SOURCES = ("boxcaseg", "grabcut", "box")  # mask_source of the labeler's own masks
-
-
-def is_gt_annotation(ann: Mapping[str, Any]) -> bool:
-    """True iff the raw COCO annotation carries a user-given (ground-truth) mask."""
-    if ann.get("iscrowd") or ann.get(NO_MASK_KEY):  # the empty mask boxcaseg writes for
-        return False                                  # boxes it could not label
-    if not ann.get("segmentation"):
-        return False
-    source = ann.get("mask_source")
-    if source is None:
-        return "proxy_iou" not in ann  # a labels file from before mask_source existed
-    return source == GT
-
-
-def gt_annotation_ids(annotations: Sequence[Mapping[str, Any]]) -> set[int]:
-    """Ids of the annotations of a raw COCO list that carry a ground-truth mask."""
-    return {int(a["id"]) for a in annotations if is_gt_annotation(a)}
-
+from boxcaseg.structures import segmentation_to_mask
 
 def decode_gt_mask(segmentation: Any, height: int, width: int, what: str) -> np.ndarray:
     """A ground-truth ``segmentation`` -> bool [H, W]; ``DataError`` naming ``what`` if it is

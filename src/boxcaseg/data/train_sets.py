@@ -25,7 +25,8 @@ from torch.utils.data import Dataset
 
 from boxcaseg.data.coco import BoxAnnotation, CocoData, ImageEntry
 from boxcaseg.data.crops import augmented_box_crop, salient_box, salient_box_crop, salient_crop
-from boxcaseg.data.gt_masks import box_crop_with_mask, decode_gt_mask, gt_annotation_ids
+from boxcaseg.data.gt_masks import box_crop_with_mask, decode_gt_mask
+from boxcaseg.labeling.schema import gt_annotation_ids
 from boxcaseg.data.sampler import BOX, SALIENT, SampleRef
 from boxcaseg.errors import DataError
 from boxcaseg.io import read_image_rgb, size_mismatch_message

@@ -14,9 +14,8 @@ from pycocotools import mask as mask_utils
 
 from boxcaseg.data.coco import ImageEntry
 from boxcaseg.errors import ConfigError, DataError
-from boxcaseg.labeling.masks import BoxMask
-from boxcaseg.labeling.formats import mask_polygons
-from boxcaseg.report.labels import Instance, Labels, worst_first
+from boxcaseg.labeling.masks import BoxMask, mask_polygons
+from boxcaseg.labeling.schema import Instance, Labels, worst_first
 from boxcaseg.structures import mask_to_box
 
 log = logging.getLogger(__name__)
@@ -65,7 +64,7 @@ def score_attributes(inst: Instance, rank: int) -> dict[str, Any]:
 
 def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
     """COCO polygons of a boolean [H, W] mask: the labeler's exact pixel-edge polygons
-    (holes cut in as keyholes, :func:`boxcaseg.labeling.formats.mask_polygons`), which
+    (holes cut in as keyholes, :func:`boxcaseg.labeling.masks.mask_polygons`), which
     pycocotools rasterizes back to the same mask; ``[]`` for an empty mask."""
     box = mask_to_box(mask)
     if box is None:

@@ -26,7 +26,7 @@ from boxcaseg.errors import ConfigError
 from boxcaseg.export.common import (ReviewImage, instance_mask, mask_to_polygons, place_images,
                                     review_order, score_attributes)
 from boxcaseg.io import atomic_write_json, atomic_write_text
-from boxcaseg.report.labels import Instance, Labels
+from boxcaseg.labeling.schema import Instance, Labels
 
 TASKS = "tasks.json"
 CONFIG = "label_config.xml"

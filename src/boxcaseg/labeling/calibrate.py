@@ -20,35 +20,18 @@ The chosen rule is a ``LabelConfig`` change (``min_score`` with ``drop: false`` 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from boxcaseg.data.gt_masks import GT
 from boxcaseg.errors import ConfigError, DataError
 from boxcaseg.labeling.config import LabelConfig
+from boxcaseg.labeling.postprocess import ignores
+from boxcaseg.labeling.schema import GT, IGNORE_MASK, MASK_SOURCE, PROXY_IOU, SCORE, read_labels
 
 SIGNALS = ("score", "proxy_iou")
-
-
-def rule_ignores(area: int, proxy_iou: float, score: float | None, cfg: LabelConfig) -> bool:
-    """The labeler's ``ignore_mask`` for one mask: empty, or below the proxy-box rule (when
-    ``cfg.drop``), or below ``cfg.min_score`` (when set). One function for ``label`` and
-    :func:`apply_rule`, so a re-flagged file matches a relabeled one."""
-    if area <= 0:
-        return True
-    if cfg.drop and proxy_iou < cfg.drop_iou:
-        return True
-    if cfg.min_score is not None:
-        if score is None:
-            raise DataError("min_score is set but a mask has no 'score'")
-        return score < cfg.min_score
-    return False
 
 
 @dataclass
@@ -172,7 +155,7 @@ def calibration_pairs(gt: Mapping[str, Any], pred: Mapping[str, Any], signal: st
         raise DataError("the ground-truth file has no annotation with a 'segmentation'")
     preds = {int(a["id"]): a for a in pred.get("annotations", [])}
     passed = [int(a["id"]) for a in gt_anns
-              if preds.get(int(a["id"]), {}).get("mask_source") == GT]
+              if preds.get(int(a["id"]), {}).get(MASK_SOURCE) == GT]
     if passed:
         raise DataError(f"{len(passed)} of the ground-truth instances (e.g. annotation "
                         f"{passed[0]}) carry their GT mask in the labels file (mask_source gt), "
@@ -194,38 +177,6 @@ def calibration_pairs(gt: Mapping[str, Any], pred: Mapping[str, Any], signal: st
     return ids, sig, ious
 
 
-def read_labels(path: str | os.PathLike) -> dict[str, Any]:
-    """A labels file in the ``dataset`` format (``label --format dataset``, the default).
-
-    The other formats are refused with what to do: a ``results`` list has no dataset to write
-    back into, and a ``jsonl`` file is the form for sets too large to load as one document.
-    For both, label (or ``merge-labels`` the parts) with ``--format dataset`` to calibrate,
-    and apply a fitted rule by labeling with ``--config RULE.yaml`` (the rule is a label
-    config, so the labeler writes ``ignore_mask`` by it in any format)."""
-    from boxcaseg.io import read_json
-
-    fix = ("calibrate reads and writes the dataset format; label (or merge-labels the parts) "
-           "with --format dataset, or apply a fitted rule by labeling with --config RULE.yaml "
-           "in any format")
-    p = Path(path)
-    if p.is_file():
-        with open(p, encoding="utf-8", errors="replace") as f:
-            head = f.read(1 << 16).lstrip()
-        if head.startswith("["):
-            raise ConfigError(f"{p}: a COCO results list (label --format results); {fix}")
-        first = head.split("\n", 1)[0]
-        try:
-            line = json.loads(first)
-        except ValueError:
-            line = None
-        if isinstance(line, dict) and set(line) == {"dataset"} and "\n" in head.rstrip():
-            raise ConfigError(f"{p}: a JSON-lines labels file (label --format jsonl); {fix}")
-    data = read_json(p)
-    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
-        raise DataError(f"{p}: not a COCO labels file (no 'annotations' list)")
-    return data
-
-
 def rule_config(base: Mapping[str, Any] | None, rule: Mapping[str, Any]) -> LabelConfig:
     """The labels file's own ``LabelConfig`` (so relabeling reproduces its masks) with the
     fitted rule in place; defaults where the file records none."""
@@ -241,20 +192,20 @@ def apply_rule(labels: dict[str, Any], cfg: LabelConfig) -> tuple[dict[str, Any]
     counts = {"masks": 0, "ignored_before": 0, "ignored_after": 0, "changed": 0}
     anns = []
     for a in labels.get("annotations", []):
-        if "proxy_iou" not in a or a.get("mask_source") == GT:
+        if PROXY_IOU not in a or a.get(MASK_SOURCE) == GT:
             anns.append(a)
             continue
-        if cfg.min_score is not None and "score" not in a:
+        if cfg.min_score is not None and SCORE not in a:
             raise DataError(f"labels file: annotation {a.get('id')} has no 'score'; relabel "
                             "with this version of boxcaseg or use a proxy_iou rule")
         new = dict(a)
-        new["ignore_mask"] = rule_ignores(int(a.get("area", 1)), float(a["proxy_iou"]),
-                                          a.get("score"), cfg)
-        before = bool(a.get("ignore_mask", False))
+        new[IGNORE_MASK] = ignores(int(a.get("area", 1)), float(a[PROXY_IOU]), a.get(SCORE),
+                                     cfg)
+        before = bool(a.get(IGNORE_MASK, False))
         counts["masks"] += 1
         counts["ignored_before"] += before
-        counts["ignored_after"] += new["ignore_mask"]
-        counts["changed"] += before != new["ignore_mask"]
+        counts["ignored_after"] += new[IGNORE_MASK]
+        counts["changed"] += before != new[IGNORE_MASK]
         anns.append(new)
     out = {k: (anns if k == "annotations" else v) for k, v in labels.items()}
     return out, counts

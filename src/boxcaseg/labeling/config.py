@@ -13,6 +13,9 @@ from dataclasses import dataclass, replace
 from boxcaseg.errors import ConfigError
 
 METHODS = ("boxcaseg", "grabcut", "box")
+# how a run is executed, not what it produces: free to change on ``label --resume``
+RUNTIME_KEYS = frozenset({"device", "batch_size", "chunk_images", "jit", "fuse", "precision",
+                          "channels_last"})
 
 
 @dataclass
@@ -43,7 +46,7 @@ class LabelConfig:
     device: str = "auto"          # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
     channels_last: bool = True    # NHWC convolutions: faster on CPU (oneDNN) and tensor cores
     jit: bool = True              # torch.jit.trace + freeze the predict graph (fused conv+bn+act)
-    fuse: bool = False            # re-associated BoxCaseg inference graph (labeling/predict.py
+    fuse: bool = False            # re-associated BoxCaseg inference graph (labeling/predictor.py
     #                               # FusedProba; exact, verified against predict_proba;
     #                               # not measurably faster on this CPU, so off by default)
     precision: str = "auto"       # "fp32", "bf16" (autocast) or "auto": bf16 where the hardware
@@ -53,7 +56,7 @@ class LabelConfig:
     grabcut_iters: int = 5        # cv2.grabCut iterations for the GrabCut baseline
     # --- output ---------------------------------------------------------------------------
     segmentation: str = "rle"     # "rle" (COCO compressed RLE) or "polygon" (exact, holes
-    #                               # keyholed: labeling/formats.py)
+    #                               # keyholed: labeling/masks.py)
     # --- bookkeeping ----------------------------------------------------------------------
     chunk_images: int = 8         # images per progress-sidecar flush (resume granularity)
 
@@ -99,3 +102,8 @@ def resolve_crop_size(cfg: LabelConfig, model: object = None) -> LabelConfig:
         return cfg
     trained = getattr(model, "train_crop_size", None)
     return replace(cfg, crop_size=int(trained) if trained else DEFAULT_CROP)
+
+
+def mask_settings(cfg: LabelConfig) -> dict[str, object]:
+    """The fields of ``cfg`` that change the labels (all but :data:`RUNTIME_KEYS`)."""
+    return {k: v for k, v in vars(cfg).items() if k not in RUNTIME_KEYS}

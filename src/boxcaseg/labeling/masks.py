@@ -5,8 +5,15 @@ Every labeling method confines a box's mask to the pixels the box covers
 ``(c0, r0)`` carries all of it. Memory is then the sum of the box areas, not
 ``K x H x W`` (300 boxes on a 6000x4000 photo would be ~7 GB as full-image arrays).
 
-The functions here are the box-local twins of ``merge_drop`` and ``structures.mask_to_rle``
-and give exactly the same results (tests compare them on random masks).
+Encodings (``--segmentation``): compressed COCO RLE (:func:`to_rle`, the same bytes as
+``structures.mask_to_rle`` of the full mask, without building it), or polygons traced exactly
+along pixel edges (:func:`mask_polygons`). COCO polygons cannot have holes (pycocotools unions
+the polygons of an annotation), so each hole is cut into its outer ring by a zero-width bridge
+(a "keyhole"): the bridge is walked there and back, so it encloses no pixel, and the hole is
+walked in the opposite orientation, so it is excluded under both the even-odd rule
+(pycocotools) and the non-zero winding rule (most drawing tools). Rasterised by pycocotools,
+the polygons give back exactly the mask's pixels. An empty mask (always ``ignore_mask``)
+becomes one zero-area triangle at its box corner, so ``annToMask`` still works on it.
 """
 
 from __future__ import annotations
@@ -15,11 +22,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from boxcaseg.labeling.merge_drop import box_areas
-from boxcaseg.structures import box_iou, snap_box
+from boxcaseg.structures import snap_box
+
+SEGMENTATIONS = ("rle", "polygon")
 
 
 @dataclass
@@ -68,33 +77,6 @@ class BoxMask:
                 self.c0 + int(cols[-1]) + 1, self.r0 + int(rows[-1]) + 1)
 
 
-def merge_smaller_first(masks: Sequence[BoxMask], boxes_xyxy: np.ndarray, height: int,
-                        width: int) -> list[BoxMask]:
-    """``merge_drop.merge_smaller_first`` for box masks: one [H, W] canvas, not K of them."""
-    claimed = np.zeros((height, width), dtype=bool)
-    out: list[BoxMask | None] = [None] * len(masks)
-    for k in np.argsort(box_areas(boxes_xyxy), kind="stable"):
-        m = masks[k]
-        h, w = m.mask.shape
-        region = claimed[m.r0:m.r0 + h, m.c0:m.c0 + w]
-        out[k] = BoxMask(m.c0, m.r0, m.mask & ~region)
-        region |= m.mask
-    return out  # type: ignore[return-value]
-
-
-def drop_decisions(masks: Sequence[BoxMask], boxes_xyxy: np.ndarray, height: int, width: int,
-                   drop_iou: float, drop: bool = True) -> tuple[list[float], list[bool]]:
-    """``merge_drop.drop_decisions`` for box masks (proxy box agreement, empty -> ignored)."""
-    ious: list[float] = []
-    ignore: list[bool] = []
-    for m, b in zip(masks, np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)):
-        tight = m.tight_box()
-        iou = 0.0 if tight is None else box_iou(tight, snap_box(b, height, width))
-        ious.append(iou)
-        ignore.append(bool(tight is None or (drop and iou < drop_iou)))
-    return ious, ignore
-
-
 def to_rle(m: BoxMask, height: int, width: int) -> dict[str, Any]:
     """Compressed COCO RLE (``counts`` a str) of the full-image mask, without building it.
 
@@ -126,3 +108,48 @@ def to_rle(m: BoxMask, height: int, width: int) -> dict[str, Any]:
     rle = mask_utils.frPyObjects({"counts": counts, "size": [height, width]}, height, width)
     rle["counts"] = rle["counts"].decode("ascii")
     return rle
+
+
+def _edge_points(contour: np.ndarray, c0: int, r0: int) -> np.ndarray:
+    """Contour of the 2x-upsampled, 1-padded mask -> pixel-edge vertices in the image.
+
+    In the 2x grid, pixel ``c`` becomes columns ``2c, 2c+1``; a border traced on column ``q``
+    (outer borders on the object's own pixels, hole borders on the object pixels next to the
+    hole) lies on the pixel edge ``ceil(q / 2)``.
+    """
+    q = contour.reshape(-1, 2).astype(np.int64) - 1
+    return (q + 1) // 2 + np.array([c0, r0], dtype=np.int64)
+
+
+def mask_polygons(m: BoxMask) -> list[list[int]]:
+    """Exact COCO polygons (flat ``[x0, y0, x1, y1, ...]`` lists) of a box mask; see module doc."""
+    h, w = m.mask.shape
+    if h == 0 or w == 0 or not m.mask.any():
+        return [[m.c0, m.r0] * 3]
+    up = np.zeros((2 * h + 2, 2 * w + 2), dtype=np.uint8)
+    up[1:-1, 1:-1] = np.kron(m.mask.astype(np.uint8), np.ones((2, 2), dtype=np.uint8))
+    contours, hierarchy = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    hier = hierarchy[0]
+    polygons = []
+    for i, (_, _, child, parent) in enumerate(hier):
+        if parent != -1:
+            continue
+        ring = _edge_points(contours[i], m.c0, m.r0)
+        j = child
+        while j != -1:  # cut each hole in at the ring vertex nearest to it
+            hole = _edge_points(contours[j], m.c0, m.r0)
+            d = ((ring[:, None, :] - hole[None, :, :]) ** 2).sum(-1)
+            a, b = np.unravel_index(int(np.argmin(d)), d.shape)
+            hole = np.roll(hole, -int(b), axis=0)
+            ring = np.concatenate([ring[:a + 1], hole, hole[:1], ring[a:]])
+            j = hier[j][0]
+        polygons.append(ring.reshape(-1).tolist())
+    return polygons
+
+
+def encode_segmentation(m: BoxMask, height: int, width: int, mode: str) -> Any:
+    if mode == "rle":
+        return to_rle(m, height, width)
+    if mode == "polygon":
+        return mask_polygons(m)
+    raise ValueError(f"unknown segmentation mode {mode!r}; choose one of {SEGMENTATIONS}")

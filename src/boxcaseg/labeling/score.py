@@ -4,7 +4,8 @@ No second network: the score is read off what the labeler already has for each b
 
     score = soft_iou * merge_kept * sqrt(proxy_iou)
 
-* ``soft_iou``: the network's own expected IoU of its mask. Read each pixel's fused
+* ``soft_iou``: the source's own expected IoU of its mask (``SourceMasks.quality``); for
+  the BoxCaseg network ``predictor.soft_ious``. Read each pixel's fused
   probability ``p`` (over the box crop, at the model's output resolution, after the same
   ``threshold_mode`` rescaling the mask was thresholded with) as the chance that the pixel is
   object; the mask ``M = p >= t`` then has expected intersection ``sum_M p`` and union
@@ -33,9 +34,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-
-from boxcaseg.labeling.predict import minmax_normalize
 
 
 @dataclass(frozen=True)
@@ -45,23 +43,6 @@ class MaskFeatures:
     proxy_iou: float
     merge_kept: float
     soft_iou: float | None = None
-
-
-def soft_ious(probs: torch.Tensor, threshold: float, mode: str = "fixed") -> list[float]:
-    """Expected IoU of ``p >= threshold`` under ``p``, for each map of ``[K, 1, h, w]``.
-
-    An empty mask scores 0 (its expected IoU with a non-empty object is 0)."""
-    if probs.shape[0] == 0:
-        return []
-    p = probs.double()
-    if mode == "minmax":
-        p = minmax_normalize(p)
-    p = p.flatten(1).clamp(0.0, 1.0)
-    fg = p >= threshold
-    inter = (p * fg).sum(1)
-    union = fg.sum(1).double() + (p * ~fg).sum(1)
-    iou = torch.where(fg.any(1), inter / union.clamp_min(1e-12), torch.zeros_like(inter))
-    return [float(v) for v in iou.clamp(0.0, 1.0).tolist()]
 
 
 def merge_kept(area_after: int, area_before: int) -> float:

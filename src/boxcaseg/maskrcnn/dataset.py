@@ -35,7 +35,8 @@ from boxcaseg.data.coco import CocoData, ImageEntry
 from boxcaseg.errors import DataError
 from boxcaseg.data.train_sets import load_with_substitute
 from boxcaseg.io import read_image_rgb, size_mismatch_message
-from boxcaseg.structures import NO_MASK_KEY, segmentation_to_mask
+from boxcaseg.labeling.schema import IGNORE_MASK, NO_MASK
+from boxcaseg.structures import segmentation_to_mask
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class MaskRCNNDataset(Dataset):
                 if ann.iscrowd:
                     self.report["crowd"] += 1
                     continue
-                if ann.segmentation is None or raw_by_id.get(ann.id, {}).get(NO_MASK_KEY):
+                if ann.segmentation is None or raw_by_id.get(ann.id, {}).get(NO_MASK):
                     self.report["no_segmentation"] += 1
                     log.warning("%s: annotation %d (image %s) has no segmentation: ignored",
                                 coco.source, ann.id, im.file_name)
@@ -82,7 +83,7 @@ class MaskRCNNDataset(Dataset):
                     raise DataError(f"{coco.source}: annotation {ann.id} has category_id "
                                     f"{ann.category_id}, not among the model's categories "
                                     f"{sorted(self.label_of)}")
-                ignore = bool(raw_by_id.get(ann.id, {}).get("ignore_mask", False))
+                ignore = bool(raw_by_id.get(ann.id, {}).get(IGNORE_MASK, False))
                 self.report["mask_ignored" if ignore else "mask_trained"] += 1
                 usable.append((ann, not ignore))
             if not usable and skip_empty:

@@ -13,7 +13,7 @@ from boxcaseg.errors import DataError
 from boxcaseg.io import atomic_write_text, read_json
 from boxcaseg.report import plots
 from boxcaseg.report.gallery import build_gallery, method_colours
-from boxcaseg.report.labels import Labels, load_label_sets
+from boxcaseg.labeling.schema import Labels, load_label_sets
 from boxcaseg.report.page import MethodRow, ReportData, render_pages
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from boxcaseg.io import atomic_write  # noqa: E402
-from boxcaseg.report.labels import Labels  # noqa: E402
+from boxcaseg.labeling.schema import Labels  # noqa: E402
 
 BINS = np.linspace(0.0, 1.0, 21)
 THRESHOLDS = np.linspace(0.0, 1.0, 101)

@@ -38,6 +38,10 @@ from boxcaseg.structures import snap_box
 
 log = logging.getLogger(__name__)
 
+# crops made and run at once (rounded up to whole batches): ~80 MB of crops at 320 px,
+# whatever the number of boxes in an image (issue 19: 3000 boxes on one image)
+CROPS_IN_FLIGHT = 64
+
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype for ``precision`` (None = plain fp32)."""
@@ -127,17 +131,6 @@ def paste_probs_boxes(probs: torch.Tensor, boxes_xyxy: np.ndarray, regions: np.n
                           align_corners=False)
         local[:] = (p[0, 0] >= threshold).cpu().numpy()
     return out
-
-
-def paste_probs(probs: torch.Tensor, boxes_xyxy: np.ndarray, regions: np.ndarray,
-                height: int, width: int, threshold: float, mode: str = "fixed") -> np.ndarray:
-    """``paste_probs_boxes`` as full-image bool masks [K, H, W]."""
-    masks = np.zeros((probs.shape[0], height, width), dtype=bool)
-    for i, m in enumerate(paste_probs_boxes(probs, boxes_xyxy, regions, height, width,
-                                            threshold, mode)):
-        h, w = m.mask.shape
-        masks[i, m.r0:m.r0 + h, m.c0:m.c0 + w] = m.mask
-    return masks
 
 
 class _ProbaModule(nn.Module):
@@ -334,44 +327,84 @@ class BoxcasegPredictor:
         return torch.cat(outs)
 
     @torch.inference_mode()
-    def predict_images(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray],
-                       box_masks: bool = False) -> list[np.ndarray] | list[list[BoxMask]]:
-        """RGB uint8 images and their XYXY boxes [K_i, 4] -> bool masks [K_i, H_i, W_i]
-        (``box_masks``: K_i box-sized ``BoxMask`` each, the memory-flat form).
+    def predict(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]
+                ) -> list[tuple[list[BoxMask], torch.Tensor]]:
+        """RGB uint8 images and their XYXY boxes [K_i, 4] -> per image ``(K_i box masks,
+        probs float [K_i, 1, h, w])``: ``probs`` over each box's crop region at the model's
+        output resolution (what the masks were thresholded from, before any
+        ``threshold_mode`` rescaling; crop-sized, never image-sized).
 
         The crops of all the images go through the model together (``cfg.batch_size`` per
-        forward pass), so images with few boxes still fill the batches.
-        """
-        return [m for m, _ in self.predict_images_with_probs(images, boxes, box_masks)]
-
-    @torch.inference_mode()
-    def predict_images_with_probs(self, images: Sequence[np.ndarray],
-                                  boxes: Sequence[np.ndarray], box_masks: bool = False
-                                  ) -> list[tuple[Any, torch.Tensor]]:
-        """Like :meth:`predict_images`, plus each box's probability map (what the masks were
-        thresholded from): per image ``(masks, probs float [K, 1, h, w])``, ``probs`` over
-        the box's crop region at the model's output resolution (crop-sized, never image-sized),
-        before any ``threshold_mode`` rescaling (``labeling.score`` reads them)."""
+        forward pass), so images with few boxes still fill the batches; they are made, run
+        and pasted in groups of :attr:`group_size` crops, so memory stays flat however many
+        boxes an image has. Groups are whole batches, so the batches are the same as if all
+        crops were made at once."""
         cfg = self.cfg
-        crops, regions = [], []
-        for image, b in zip(images, boxes):
-            b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-            r = crop_regions(b, cfg.context)
-            regions.append(r)
-            if len(b):
-                crops.append(crop_boxes(image_to_tensor(image, self.device), r, cfg.crop_size))
-        probs = (self.predict_crops(torch.cat(crops)) if crops
-                 else torch.zeros(0, 1, cfg.crop_size, cfg.crop_size))
-        out, start = [], 0
-        for image, b, r in zip(images, boxes, regions):
-            k = len(r)
-            h, w = image.shape[:2]
-            paste = paste_probs_boxes if box_masks else paste_probs
-            p = probs[start:start + k]
-            out.append((paste(p, np.asarray(b, dtype=np.float64).reshape(-1, 4), r, h, w,
-                              cfg.threshold, cfg.threshold_mode), p.cpu()))
-            start += k
-        return out
+        boxes = [np.asarray(b, dtype=np.float64).reshape(-1, 4) for b in boxes]
+        masks: list[list[BoxMask]] = [[] for _ in images]
+        probs: list[list[torch.Tensor]] = [[] for _ in images]
+        crops: list[torch.Tensor] = []
+        pieces: list[tuple[int, np.ndarray, np.ndarray]] = []  # (image, boxes, regions)
+
+        def run_group() -> None:
+            if not crops:
+                return
+            p_all = self.predict_crops(torch.cat(crops))
+            start = 0
+            for i, b, r in pieces:
+                p = p_all[start:start + len(b)]
+                h, w = images[i].shape[:2]
+                masks[i].extend(paste_probs_boxes(p, b, r, h, w, cfg.threshold,
+                                                  cfg.threshold_mode))
+                probs[i].append(p.cpu())
+                start += len(b)
+            crops.clear()
+            pieces.clear()
+
+        filled = 0
+        for i, (image, b) in enumerate(zip(images, boxes)):
+            regions = crop_regions(b, cfg.context)
+            image_t = image_to_tensor(image, self.device) if len(b) else None
+            s = 0
+            while s < len(b):
+                take = min(len(b) - s, self.group_size - filled)
+                crops.append(crop_boxes(image_t, regions[s:s + take], cfg.crop_size))
+                pieces.append((i, b[s:s + take], regions[s:s + take]))
+                filled += take
+                s += take
+                if filled == self.group_size:
+                    run_group()
+                    filled = 0
+            del image_t
+        run_group()
+        empty = torch.zeros(0, 1, cfg.crop_size, cfg.crop_size)
+        return [(m, torch.cat(p) if p else empty) for m, p in zip(masks, probs)]
+
+    @property
+    def group_size(self) -> int:
+        """Crops made and run at once: whole batches, at least ``CROPS_IN_FLIGHT``."""
+        bs = self.cfg.batch_size
+        return bs * max(1, -(-CROPS_IN_FLIGHT // bs))
+
+
+def soft_ious(probs: torch.Tensor, threshold: float, mode: str = "fixed") -> list[float]:
+    """Expected IoU of ``p >= threshold`` under ``p``, for each map of ``[K, 1, h, w]``
+    (the network's own quality estimate, ``labeling.score``).
+
+    Read each pixel's probability ``p`` as the chance that it is object: the mask
+    ``M = p >= t`` then has expected intersection ``sum_M p`` and union
+    ``|M| + sum_(not M) p``. An empty mask scores 0."""
+    if probs.shape[0] == 0:
+        return []
+    p = probs.double()
+    if mode == "minmax":
+        p = minmax_normalize(p)
+    p = p.flatten(1).clamp(0.0, 1.0)
+    fg = p >= threshold
+    inter = (p * fg).sum(1)
+    union = fg.sum(1).double() + (p * ~fg).sum(1)
+    iou = torch.where(fg.any(1), inter / union.clamp_min(1e-12), torch.zeros_like(inter))
+    return [float(v) for v in iou.clamp(0.0, 1.0).tolist()]
 
 
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, BoxcasegPredictor]]" = (
@@ -389,14 +422,3 @@ def get_predictor(model: nn.Module | BoxcasegPredictor, cfg: LabelConfig) -> Box
     pred = BoxcasegPredictor(model, cfg)
     _CACHE[model] = (key, pred)
     return pred
-
-
-def predict_masks(model: nn.Module | BoxcasegPredictor, image: np.ndarray, boxes: np.ndarray,
-                  cfg: LabelConfig | None = None) -> np.ndarray:
-    """BoxCaseg masks of the boxes of one image (no merge/drop).
-
-    image: RGB uint8 [H, W, 3]; boxes: XYXY [K, 4] in pixels. Returns bool [K, H, W], each
-    mask confined to the pixels its box covers.
-    """
-    cfg = cfg or LabelConfig()
-    return get_predictor(model, cfg).predict_images([image], [boxes])[0]

@@ -1,0 +1,317 @@
+"""The labels file: the one definition of what ``boxcaseg label`` writes, and its one reader.
+
+A labels file (format ``dataset``, the default) is the input COCO dataset, every field kept,
+where each annotation the labeler answered gains
+
+* ``segmentation``: the mask (compressed RLE of the image size, or exact polygons);
+* ``area``: the mask's pixel count;
+* ``ignore_mask``: the keep/drop decision (``labeling.postprocess.ignores``): Mask R-CNN
+  leaves such masks out of its mask loss, ``eval --only-kept`` out of the scores;
+* ``proxy_iou``: the paper's proxy box agreement; ``score``: the predicted mask IoU
+  (``labeling.score``);
+* ``mask_source``: who made the mask (:data:`MASK_SOURCES`).
+
+Ground-truth masks of the input (mixed supervision) are passed through as given with
+``mask_source: "gt"`` and ``score: 1.0``; annotations passed through without any mask get an
+empty RLE marked ``boxcaseg_no_mask: true`` (:func:`with_empty_mask`) so every COCO tool can
+read every annotation. A top-level ``boxcaseg_label`` block records the method, the config,
+the run's summary and :data:`FORMAT_VERSION`.
+
+Everything that reads a labels file (merge, report, export, calibrate, training's GT-mask
+path, Mask R-CNN's dataset) takes these names from here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from boxcaseg.errors import ConfigError, DataError
+from boxcaseg.structures import segmentation_to_mask
+
+FORMAT_VERSION = 1  # bump when a field changes meaning; written into every labels file
+
+# field names on an annotation
+SEGMENTATION = "segmentation"
+AREA = "area"
+IGNORE_MASK = "ignore_mask"
+PROXY_IOU = "proxy_iou"
+SCORE = "score"
+MASK_SOURCE = "mask_source"
+NO_MASK = "boxcaseg_no_mask"  # the empty mask of an annotation passed through without one
+# the top-level block
+LABEL_BLOCK = "boxcaseg_label"
+VERSION_KEY = "format_version"
+
+GT = "gt"  # mask_source of a mask the user gave
+PROXY_SOURCES = ("boxcaseg", "grabcut", "box", "sam")  # the labeler's own mask sources
+MASK_SOURCES = (*PROXY_SOURCES, GT)
+LABEL_FIELDS = (IGNORE_MASK, PROXY_IOU, SCORE)  # on every annotation the labeler answered
+
+
+# --------------------------------------------------------------------------------------------
+# annotations
+
+
+def is_labeled(ann: Mapping[str, Any]) -> bool:
+    """True iff the labeler answered this annotation (it carries the label fields)."""
+    return any(k in ann for k in LABEL_FIELDS)
+
+
+def is_gt_annotation(ann: Mapping[str, Any]) -> bool:
+    """True iff a raw COCO annotation carries a user-given (ground-truth) mask.
+
+    The labeler marks its own masks with ``mask_source`` and the masks it passed through with
+    ``"gt"``; a file labeled before ``mask_source`` existed is recognised by its
+    ``proxy_iou``. So a labels file fed back in is never mistaken for ground truth."""
+    if ann.get("iscrowd") or ann.get(NO_MASK):
+        return False
+    if not ann.get(SEGMENTATION):
+        return False
+    source = ann.get(MASK_SOURCE)
+    if source is None:
+        return PROXY_IOU not in ann
+    return source == GT
+
+
+def gt_annotation_ids(annotations: Sequence[Mapping[str, Any]]) -> set[int]:
+    """Ids of the annotations of a raw COCO list that carry a ground-truth mask."""
+    return {int(a["id"]) for a in annotations if is_gt_annotation(a)}
+
+
+def score(fields: Mapping[str, Any]) -> float:
+    """The quality score of a labeled mask (the one place that defines it): the labeler's
+    predicted mask IoU; the proxy box agreement for files written before ``score`` existed."""
+    return float(fields[SCORE]) if SCORE in fields else float(fields[PROXY_IOU])
+
+
+def instance_score(ann: Mapping[str, Any]) -> float | None:
+    """:func:`score` of an annotation, ``None`` where the labeler did not answer it or the
+    value is not a finite number."""
+    if not is_labeled(ann):
+        return None
+    try:
+        v = float(score(ann))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def empty_rle_counts(height: int, width: int) -> str:
+    """Compressed RLE ``counts`` of an all-empty ``height x width`` mask (no array built)."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.frPyObjects({"counts": [height * width], "size": [height, width]},
+                                 height, width)
+    return rle["counts"].decode("ascii")
+
+
+def with_empty_mask(ann: dict[str, Any], height: int, width: int,
+                    counts: str | None = None) -> dict[str, Any]:
+    """A copy of ``ann`` with an empty RLE of its image's size, marked :data:`NO_MASK`.
+
+    Annotations passed through without a mask (boxes the labeler skipped, boxes of images it
+    could not read, crowd regions without a mask) would otherwise make ``COCO.annToMask`` and
+    ``COCOeval`` raise. The mark says the empty mask is no label: ``train-maskrcnn`` leaves
+    such annotations out, ``eval`` scores them as missing; ``area`` is set to 0 where absent
+    (COCOeval needs it)."""
+    new = dict(ann)
+    new[SEGMENTATION] = {"size": [height, width],
+                         "counts": counts or empty_rle_counts(height, width)}
+    new.setdefault(AREA, 0)
+    new[NO_MASK] = True
+    return new
+
+
+def label_block(method: str, config: Mapping[str, Any], summary: Mapping[str, Any]
+                ) -> dict[str, Any]:
+    """The top-level ``boxcaseg_label`` block of an output."""
+    return {"method": method, "config": dict(config), "summary": dict(summary),
+            VERSION_KEY: FORMAT_VERSION}
+
+
+# --------------------------------------------------------------------------------------------
+# the reader
+
+
+def read_labels(path: str | os.PathLike) -> dict[str, Any]:
+    """A labels file in the ``dataset`` format, as a dict; the one reader of labels files.
+
+    ``results`` lists and ``jsonl`` files are refused with what to do (label, or
+    ``merge-labels`` the parts, with ``--format dataset``); a file of a newer format version
+    than this boxcaseg knows is refused too."""
+    from boxcaseg.io import read_json
+
+    fix = ("this command reads the dataset format; label (or merge-labels the parts) with "
+           "--format dataset")
+    p = Path(path)
+    if p.is_file():
+        with open(p, encoding="utf-8", errors="replace") as f:
+            head = f.read(1 << 16).lstrip()
+        if head.startswith("["):
+            raise ConfigError(f"{p}: a COCO results list (label --format results); {fix}")
+        first = head.split("\n", 1)[0]
+        try:
+            line = json.loads(first)
+        except ValueError:
+            line = None
+        if isinstance(line, dict) and set(line) == {"dataset"} and "\n" in head.rstrip():
+            raise ConfigError(f"{p}: a JSON-lines labels file (label --format jsonl); {fix}")
+    data = read_json(p)
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        raise DataError(f"{p}: not a COCO labels file (no 'annotations' list)")
+    block = data.get(LABEL_BLOCK)
+    version = block.get(VERSION_KEY, 0) if isinstance(block, dict) else 0
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise DataError(f"{p}: labels format version {version!r} is newer than this boxcaseg "
+                        f"reads ({FORMAT_VERSION}); upgrade boxcaseg")
+    return data
+
+
+def label_info(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``boxcaseg_label`` block of a labels dict ({} when absent)."""
+    block = data.get(LABEL_BLOCK)
+    return dict(block) if isinstance(block, dict) else {}
+
+
+# --------------------------------------------------------------------------------------------
+# the review view of a labels file (report, export)
+
+
+@dataclass
+class Instance:
+    """One non-crowd box of a labels file and what the labeler answered for it."""
+
+    ann_id: int
+    image_id: int
+    category_id: int
+    category: str
+    bbox: tuple[float, float, float, float]  # XYXY, clipped to the image
+    labeled: bool                            # the labeler answered this box
+    ignore_mask: bool
+    score: float | None
+    proxy_iou: float | None
+    segmentation: dict[str, Any] | list | None  # as in the file
+
+    def mask(self, height: int, width: int) -> np.ndarray | None:
+        """Boolean [H, W] mask, ``None`` when the instance has none (not labeled)."""
+        if self.segmentation is None:
+            return None
+        return segmentation_to_mask(self.segmentation, height, width)
+
+    @property
+    def kept(self) -> bool:
+        return self.labeled and not self.ignore_mask
+
+
+@dataclass
+class Labels:
+    """A labels file: validated COCO view plus the instances in file order."""
+
+    path: Path
+    name: str  # method name shown in the report (file stem when two inputs share a method)
+    coco: Any  # data.coco.CocoData
+    instances: list[Instance]
+    label_info: dict[str, Any] = field(default_factory=dict)  # the boxcaseg_label block
+
+    @property
+    def categories(self) -> dict[int, str]:
+        return self.coco.categories
+
+    @property
+    def method(self) -> str:
+        return str(self.label_info.get("method") or self.path.stem)
+
+    @property
+    def images(self) -> dict[int, Any]:  # id -> data.coco.ImageEntry
+        return self.coco.image_by_id()
+
+    def by_id(self) -> dict[int, Instance]:
+        return {i.ann_id: i for i in self.instances}
+
+    def counts(self) -> dict[str, int]:
+        c = Counter()
+        for i in self.instances:
+            c["instances"] += 1
+            c["labeled"] += i.labeled
+            c["dropped"] += i.labeled and i.ignore_mask
+            c["not_labeled"] += not i.labeled
+        c["skipped_boxes"] = len(self.coco.skipped)
+        return {k: int(c[k]) for k in ("instances", "labeled", "dropped", "not_labeled",
+                                       "skipped_boxes")}
+
+    def speed(self) -> float | None:
+        """Instances per second, when the file records it."""
+        for block in (self.label_info, self.label_info.get("summary") or {}):
+            v = block.get("instances_per_s")
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
+                return float(v)
+        return None
+
+
+def load_labels(path: str | os.PathLike, image_root: str | os.PathLike | None = None,
+                name: str | None = None) -> Labels:
+    """Read and validate a labels file (``boxcaseg label``'s output)."""
+    from boxcaseg.data.coco import parse_coco
+
+    path = Path(path)
+    data = read_labels(path)
+    coco = parse_coco(data, str(path), image_root)
+    raw_by_id = {int(a["id"]): a for a in data["annotations"]}
+    instances: list[Instance] = []
+    for img in coco.images:
+        for a in img.annotations:
+            if a.iscrowd:
+                continue
+            raw = raw_by_id[a.id]
+            labeled = is_labeled(raw)
+            segm = raw.get(SEGMENTATION) if labeled else None
+            if labeled and not segm:
+                segm = None
+            if isinstance(segm, dict) and list(segm.get("size", [])) != [img.height, img.width]:
+                raise DataError(f"{path}: annotation {a.id}: mask size {segm.get('size')} does "
+                                f"not match its {img.width}x{img.height} image {img.file_name}")
+            proxy = raw.get(PROXY_IOU)
+            instances.append(Instance(
+                ann_id=a.id, image_id=img.id, category_id=a.category_id,
+                category=coco.categories[a.category_id], bbox=a.box, labeled=labeled,
+                ignore_mask=bool(raw.get(IGNORE_MASK, False)),
+                score=instance_score(raw) if labeled else None,
+                proxy_iou=float(proxy) if isinstance(proxy, (int, float)) else None,
+                segmentation=segm))
+    labels = Labels(path, name or "", coco, instances, label_info(data))
+    if not labels.name:
+        labels.name = labels.method
+    if not any(i.labeled for i in instances) and instances:
+        raise DataError(f"{path}: no annotation carries a mask from boxcaseg label "
+                        f"(none has any of {list(LABEL_FIELDS)}); is this a labels file?")
+    return labels
+
+
+def load_label_sets(paths: list[str | os.PathLike], image_root: str | os.PathLike | None = None
+                    ) -> list[Labels]:
+    """Several labels files, each named by its method; files that share a method name are
+    named by their file stems instead (e.g. BoxCaseg and its weak-head ablation)."""
+    sets = [load_labels(p, image_root) for p in paths]
+    methods = Counter(s.method for s in sets)
+    for s in sets:
+        if methods[s.method] > 1:
+            s.name = s.path.stem
+    names = Counter(s.name for s in sets)
+    for s in sets:
+        if names[s.name] > 1:
+            s.name = str(s.path)
+    return sets
+
+
+def worst_first(scores: dict[int, float | None]) -> list[int]:
+    """Keys ordered lowest score first; ``None`` (no mask, nothing to trust) before all."""
+    return sorted(scores, key=lambda k: (scores[k] is not None, scores[k] or 0.0, k))
