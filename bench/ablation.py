@@ -36,7 +36,7 @@ def main() -> None:
     from boxcaseg.evaluation.instance_iou import mask_quality
     from boxcaseg.io import read_json
     from boxcaseg.labeling.config import LabelConfig
-    from boxcaseg.labeling.labeler import label_dataset
+    from boxcaseg.labeling.job.run import label_dataset
     from boxcaseg.model.boxcaseg import load_boxcaseg
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -130,7 +130,7 @@ def with_threshold(pred: dict, thr: float) -> tuple[dict, float]:
 
 
 def crops_per_s(model, cfg, n: int = 32) -> float:
-    from boxcaseg.labeling.predict import BoxcasegPredictor
+    from boxcaseg.labeling.predictor import BoxcasegPredictor
     pred = BoxcasegPredictor(model, cfg)
     g = torch.Generator().manual_seed(0)
     crops = torch.randn(n, 3, cfg.crop_size, cfg.crop_size, generator=g)
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from boxcaseg.data.coco import load_coco
     from boxcaseg.labeling.config import LabelConfig
-    from boxcaseg.labeling.labeler import label_dataset
+    from boxcaseg.labeling.job.run import label_dataset
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -53,9 +53,9 @@ def main() -> None:
     from boxcaseg.export.fiftyone import export_fiftyone
     from boxcaseg.export.labelstudio import export_labelstudio
     from boxcaseg.labeling.config import LabelConfig
-    from boxcaseg.labeling.labeler import label_dataset
+    from boxcaseg.labeling.job.run import label_dataset
     from boxcaseg.report.build import make_report
-    from boxcaseg.report.labels import load_labels
+    from boxcaseg.labeling.schema import load_labels
 
     work = Path(args.work)
     if work.exists():

@@ -31,7 +31,7 @@ from boxcaseg.engine.config import TrainConfig
 from boxcaseg.evaluation.instance_iou import instance_records, summarize
 from boxcaseg.io import atomic_write_json, read_json
 from boxcaseg.labeling.config import LabelConfig
-from boxcaseg.labeling.labeler import label_dataset
+from boxcaseg.labeling.job.run import label_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "real"

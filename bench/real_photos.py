@@ -36,7 +36,7 @@ from boxcaseg.engine.trainer import train
 from boxcaseg.evaluation.instance_iou import mask_quality
 from boxcaseg.io import read_json
 from boxcaseg.labeling.config import LabelConfig
-from boxcaseg.labeling.labeler import label_dataset
+from boxcaseg.labeling.job.run import label_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "real"

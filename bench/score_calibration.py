@@ -31,7 +31,7 @@ from boxcaseg.evaluation.instance_iou import instance_records
 from boxcaseg.io import atomic_write_json, read_json
 from boxcaseg.labeling.calibrate import fit
 from boxcaseg.labeling.config import LabelConfig
-from boxcaseg.labeling.labeler import label_dataset
+from boxcaseg.labeling.job.run import label_dataset
 from boxcaseg.labeling.score import auroc, spearman
 
 REPO = Path(__file__).resolve().parents[1]

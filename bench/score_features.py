@@ -19,9 +19,10 @@ import torch
 from boxcaseg.data.coco import load_coco
 from boxcaseg.io import read_image_rgb
 from boxcaseg.labeling.config import LabelConfig
-from boxcaseg.labeling.merge_drop import drop_decisions, merge_smaller_first
-from boxcaseg.labeling.predict import crop_boxes, crop_regions, get_predictor, image_to_tensor
-from boxcaseg.labeling.score import auroc, soft_ious, spearman
+from boxcaseg.labeling.postprocess import merge_smaller_first, proxy_iou
+from boxcaseg.labeling.predictor import (crop_boxes, crop_regions, get_predictor, image_to_tensor,
+                                         soft_ious)
+from boxcaseg.labeling.score import auroc, spearman
 from boxcaseg.structures import segmentation_to_mask, snap_box
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "coco-dev"
@@ -46,13 +47,15 @@ def features(ckpt: Path, boxes: Path, gt: Path, images: Path) -> dict[str, np.nd
             continue
         img = read_image_rgb(im.path)
         b = np.array([a.box for a in anns])
-        ((raw, probs),) = pred.predict_images_with_probs([img], [b])
+        ((raw_bm, probs),) = pred.predict([img], [b])
         x = crop_boxes(image_to_tensor(img, torch.device("cpu")), crop_regions(b, 0.0),
                        pred.cfg.crop_size)
         with torch.no_grad():
             heads = {k: torch.sigmoid(v) >= t for k, v in model.head_logits(x).items()}
-        merged = merge_smaller_first(raw, b) if len(raw) > 1 else raw
-        proxy, _ = drop_decisions(merged, b, 0.95)
+        merged_bm = merge_smaller_first(raw_bm, b, im.height, im.width)
+        proxy = [proxy_iou(m, x, im.height, im.width) for m, x in zip(merged_bm, b)]
+        raw = [m.to_full(im.height, im.width) for m in raw_bm]
+        merged = [m.to_full(im.height, im.width) for m in merged_bm]
         soft = soft_ious(probs, t)
         for k, a in enumerate(anns):
             c0, r0, c1, r1 = snap_box(a.box, im.height, im.width)

@@ -7,7 +7,7 @@ import signal
 import sys
 
 from boxcaseg.cli import main
-from boxcaseg.labeling import labeler
+from boxcaseg.labeling.job import stream as labeler
 
 if os.environ.get("RANK") == os.environ["KILL_RANK"]:
     real = labeler._label_chunk

@@ -1,4 +1,7 @@
-"""Merge and drop (paper Sec. 3.4): pure functions on boolean masks of one image.
+"""Reference implementations that check the production code (not used by it).
+
+Merge and drop (paper Sec. 3.4) on full-image boolean masks [K, H, W], the obvious way; the
+production path (``labeling.postprocess``) works on box-local masks and must agree.
 
 * Merge, "smaller object better": each pixel belongs to at most one object; where masks
   overlap, the pixel goes to the object whose GT *box* is smallest (a small object usually
@@ -77,3 +80,44 @@ def drop_decisions(masks: np.ndarray, boxes_xyxy: np.ndarray | Sequence[Sequence
         ious.append(iou)
         ignore.append(bool(empty or (drop and iou < drop_iou)))
     return ious, ignore
+
+
+# --------------------------------------------------------------------------------------------
+# full-image views of the production (box-local) path, for tests that think in [K, H, W]
+
+
+def predict_masks(model, image, boxes, cfg=None):
+    """The production predictor's masks of one image's boxes as bool [K, H, W]."""
+    from boxcaseg.labeling.config import LabelConfig
+    from boxcaseg.labeling.predictor import get_predictor
+
+    h, w = image.shape[:2]
+    masks, _ = get_predictor(model, cfg or LabelConfig()).predict([image], [boxes])[0]
+    return np.stack([m.to_full(h, w) for m in masks]) if masks else np.zeros((0, h, w), bool)
+
+
+def paste_probs(probs, boxes_xyxy, regions, height, width, threshold, mode="fixed"):
+    """``predictor.paste_probs_boxes`` as full-image bool masks [K, H, W]."""
+    from boxcaseg.labeling.predictor import paste_probs_boxes
+
+    out = paste_probs_boxes(probs, boxes_xyxy, regions, height, width, threshold, mode)
+    return np.stack([m.to_full(height, width) for m in out]) if out else \
+        np.zeros((0, height, width), bool)
+
+
+def postprocess_fields(masks, boxes, cfg, soft=None, fixed=None, height=None, width=None):
+    """Production post-processing of full-image masks [K, H, W] (or box masks with
+    ``height``/``width``) -> the annotation fields the labeler writes."""
+    from boxcaseg.labeling.labeler import LabeledMask
+    from boxcaseg.labeling.masks import BoxMask
+    from boxcaseg.labeling.postprocess import postprocess
+
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if height is None:
+        height, width = masks.shape[1:]
+        masks = [BoxMask.from_full(m, b) for m, b in zip(masks, boxes)]
+    out = []
+    for b, d in zip(boxes, postprocess(masks, boxes, height, width, cfg, soft, fixed)):
+        lm = LabeledMask(tuple(b), d.mask, d.proxy_iou, d.score, d.ignore, "test")
+        out.append(lm.fields(height, width, cfg.segmentation))
+    return out

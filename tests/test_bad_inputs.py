@@ -22,7 +22,8 @@ from boxcaseg.data.coco import load_coco, parse_coco
 from boxcaseg.errors import DataError
 from boxcaseg.io import atomic_write_json, atomic_write_text, image_size, read_image_rgb
 from boxcaseg.runlock import OutputLock
-from boxcaseg.structures import NO_MASK_KEY, mask_to_box, mask_to_rle, xyxy_to_xywh
+from boxcaseg.labeling.schema import NO_MASK as NO_MASK_KEY
+from boxcaseg.structures import mask_to_box, mask_to_rle, xyxy_to_xywh
 
 # ----------------------------------------------------------------------------- helpers
 

@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from boxcaseg.labeling.baselines import box_mask, grabcut_mask, grabcut_mask_status, grabcut_rect
+from boxcaseg.labeling.sources import grabcut_mask_status, grabcut_rect
+from boxcaseg.structures import box_to_mask as box_mask
+
+
+def grabcut_mask(image, box, iters=5):
+    return grabcut_mask_status(image, box, iters)[0]
 from boxcaseg.structures import box_to_mask
 
 

@@ -11,7 +11,8 @@ from boxcaseg.cli import main as cli_main
 from boxcaseg.config import load_config
 from boxcaseg.errors import ConfigError, DataError
 from boxcaseg.evaluation.instance_iou import mask_quality
-from boxcaseg.labeling.calibrate import apply_rule, fit, kept_curve, rule_ignores
+from boxcaseg.labeling.calibrate import apply_rule, fit, kept_curve
+from boxcaseg.labeling.postprocess import ignores as rule_ignores
 from boxcaseg.labeling.config import LabelConfig
 from boxcaseg.structures import mask_to_rle
 

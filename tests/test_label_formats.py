@@ -10,11 +10,12 @@ from pycocotools.cocoeval import COCOeval
 
 from boxcaseg.cli import main as cli_main
 from boxcaseg.data.coco import load_coco
-from boxcaseg.labeling import masks as boxmask, merge_drop
+import reference_impl as merge_drop
+from boxcaseg.labeling import masks as boxmask, postprocess
 from boxcaseg.labeling.masks import BoxMask
 from boxcaseg.labeling.config import LabelConfig
-from boxcaseg.labeling.formats import mask_polygons
-from boxcaseg.labeling.labeler import label_dataset
+from boxcaseg.labeling.masks import mask_polygons
+from boxcaseg.labeling.job.run import label_dataset
 from boxcaseg.structures import box_to_mask, mask_to_rle, rle_to_mask
 from test_labeler import _make_dataset
 
@@ -42,10 +43,12 @@ def test_box_mask_merge_and_drop_equal_the_full_image_versions():
                                    b) for b in boxes]
         full = np.stack([m.to_full(H, W) for m in masks])
         want = merge_drop.merge_smaller_first(full, boxes)
-        got = boxmask.merge_smaller_first(masks, boxes, H, W)
+        got = postprocess.merge_smaller_first(masks, boxes, H, W)
         assert np.array_equal(np.stack([m.to_full(H, W) for m in got]), want)
-        assert boxmask.drop_decisions(got, boxes, H, W, 0.9) == \
-            merge_drop.drop_decisions(want, boxes, 0.9)
+        ious = [postprocess.proxy_iou(m, b, H, W) for m, b in zip(got, boxes)]
+        cfg = LabelConfig(drop_iou=0.9)
+        assert (ious, [postprocess.ignores(m.area, i, None, cfg) for m, i in zip(got, ious)]) \
+            == merge_drop.drop_decisions(want, boxes, 0.9)
 
 
 def _rasterize(polygons, H, W):

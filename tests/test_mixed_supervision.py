@@ -9,10 +9,11 @@ from PIL import Image
 
 from boxcaseg.data.coco import load_coco
 from boxcaseg.data.crops import augmented_box_crop
-from boxcaseg.data.gt_masks import box_crop_with_mask, is_gt_annotation
+from boxcaseg.data.gt_masks import box_crop_with_mask
+from boxcaseg.labeling.schema import is_gt_annotation
 from boxcaseg.data.train_sets import BoxCropDataset
 from boxcaseg.labeling.config import LabelConfig
-from boxcaseg.labeling.labeler import label_dataset
+from boxcaseg.labeling.job.run import label_dataset
 from boxcaseg.structures import box_to_mask, mask_to_rle, rle_to_mask, segmentation_to_mask
 
 
@@ -219,11 +220,8 @@ def test_gt_masks_in_every_output_format_and_with_shards(tmp_path):
 
 def test_boxcaseg_score_from_box_masks_matches_full_image_masks(tmp_path):
     """The labeler's box-mask path scores exactly as the full-image reference would."""
-    import torch
-
-    from boxcaseg.labeling.labeler import postprocess, postprocess_box_masks
-    from boxcaseg.labeling.predict import get_predictor
-    from boxcaseg.labeling.score import soft_ious
+    from boxcaseg.labeling.predictor import get_predictor, soft_ious
+    from reference_impl import paste_probs, postprocess_fields
     from test_score import SoftRedModel
 
     path, root, _ = _dataset(tmp_path)
@@ -233,21 +231,20 @@ def test_boxcaseg_score_from_box_masks_matches_full_image_masks(tmp_path):
     for im in coco.images:
         image = np.array(Image.open(im.path).convert("RGB"))
         boxes = np.array([a.box for a in im.annotations], float)
-        ((bm, probs),) = pred.predict_images_with_probs([image], [boxes], box_masks=True)
-        ((full, probs2),) = pred.predict_images_with_probs([image], [boxes])
-        assert torch.equal(probs, probs2)
+        ((bm, probs),) = pred.predict([image], [boxes])
+        full = paste_probs(probs, boxes, boxes, im.height, im.width, cfg.threshold)
         soft = soft_ious(probs, cfg.threshold, cfg.threshold_mode)
-        a = postprocess_box_masks(bm, boxes, im.height, im.width, cfg, soft)
-        b = postprocess(full, boxes, cfg, soft)
+        a = postprocess_fields(bm, boxes, cfg, soft, height=im.height, width=im.width)
+        b = postprocess_fields(full, boxes, cfg, soft)
         assert a == b and len({f["score"] for f in a}) > 1
 
 
 def test_fixed_gt_merge_on_box_masks_equals_the_full_image_reference():
     """GT masks as box masks over their own extent (they may reach outside their box) merge
-    exactly as full-image masks would (``merge_drop``, the reference)."""
+    exactly as full-image masks would (``reference_impl``)."""
     from boxcaseg.labeling.masks import BoxMask
-    from boxcaseg.labeling.labeler import ImageTask, postprocess_box_masks
-    from boxcaseg.labeling.merge_drop import merge_smaller_first
+    from boxcaseg.labeling.job.inputs import ImageTask
+    from reference_impl import merge_smaller_first, postprocess_fields
     from boxcaseg.structures import box_to_mask
 
     rng = np.random.default_rng(1)
@@ -261,9 +258,9 @@ def test_fixed_gt_merge_on_box_masks_equals_the_full_image_reference():
         gt_full = rng.random((2, H, W)) < 0.3  # anywhere, outside their boxes too
         task = ImageTask(1, "x", None, H, W, np.arange(3), boxes[:3],
                          np.array([7, 8]), gt_boxes, [mask_to_rle(m) for m in gt_full])
-        fields = postprocess_box_masks([BoxMask.from_full(m, b) for m, b in
-                                        zip(full[:3], boxes[:3])], boxes[:3], H, W,
-                                       LabelConfig(), None, (task.fixed_masks(), gt_boxes))
+        fields = postprocess_fields([BoxMask.from_full(m, b) for m, b in
+                                     zip(full[:3], boxes[:3])], boxes[:3], LabelConfig(), None,
+                                    (task.fixed_masks(), gt_boxes), height=H, width=W)
         ref = merge_smaller_first(np.concatenate([full[:3], gt_full]), boxes)[:3]
         for f, r, raw in zip(fields, ref, full[:3]):
             assert np.array_equal(rle_to_mask(f["segmentation"]), r)

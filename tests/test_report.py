@@ -65,7 +65,7 @@ def gt_report(data, tmp_path_factory):
 
 
 def test_score_is_read_in_one_place():
-    from boxcaseg.labeling.formats import score
+    from boxcaseg.labeling.schema import score
 
     assert instance_score({"proxy_iou": 0.4, "ignore_mask": False}) == 0.4
     assert instance_score({"proxy_iou": 0.3}) == score({"proxy_iou": 0.3})  # the labeler's

@@ -11,8 +11,10 @@ from torch import nn
 from boxcaseg.data.coco import load_coco
 from boxcaseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from boxcaseg.labeling.config import LabelConfig
-from boxcaseg.labeling.labeler import label_dataset, postprocess
-from boxcaseg.labeling.score import MaskFeatures, auroc, mask_score, soft_ious, spearman
+from boxcaseg.labeling.job.run import label_dataset
+from boxcaseg.labeling.predictor import soft_ious
+from reference_impl import postprocess_fields as postprocess
+from boxcaseg.labeling.score import MaskFeatures, auroc, mask_score, spearman
 
 
 class SoftRedModel(nn.Module):

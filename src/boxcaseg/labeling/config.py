@@ -46,7 +46,7 @@ class LabelConfig:
     device: str = "auto"          # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
     channels_last: bool = True    # NHWC convolutions: faster on CPU (oneDNN) and tensor cores
     jit: bool = True              # torch.jit.trace + freeze the predict graph (fused conv+bn+act)
-    fuse: bool = False            # re-associated BoxCaseg inference graph (labeling/predictor.py
+    fuse: bool = False            # re-associated BoxCaseg inference graph (labeling/fused.py
     #                               # FusedProba; exact, verified against predict_proba;
     #                               # not measurably faster on this CPU, so off by default)
     precision: str = "auto"       # "fp32", "bf16" (autocast) or "auto": bf16 where the hardware

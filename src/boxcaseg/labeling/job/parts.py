@@ -105,7 +105,7 @@ def check_header(found: dict[str, Any], want: dict[str, Any], path: Path) -> Non
         diff = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
                 if k not in RUNTIME_KEYS and a.get(k) != b.get(k)]
         if found.get("source") != want.get("source"):
-            diff.append("the model (its weights differ from the earlier run's checkpoint)")
+            diff.append("the model: its weights differ from the earlier run's checkpoint")
         raise ConfigError(f"{path}: was written with settings that change the masks "
                           f"({', '.join(diff)}); restore them, or {again}")
 
