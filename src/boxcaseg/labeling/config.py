@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from boxcaseg.errors import ConfigError
 
 METHODS = ("boxcaseg", "grabcut", "box")
+REFINES = ("none", "guided", "grabcut")
 # how a run is executed, not what it produces: free to change on ``label --resume``
 RUNTIME_KEYS = frozenset({"device", "batch_size", "chunk_images", "jit", "fuse", "precision",
                           "channels_last"})
@@ -30,6 +31,12 @@ class LabelConfig:
     # "fixed": mask = p >= threshold; "minmax": p is first rescaled to [0, 1] per crop,
     # (p - min) / (max - min), as the authors' released code does (bench/results_real.md)
     threshold_mode: str = "fixed"
+    # --- label-time quality options (bench/results_real.md says what each measured) --------
+    tta_flip: bool = False        # average the crop's and its mirror image's probabilities
+    # image-driven refinement of each box's probability map at full resolution
+    # (labeling/refine.py): "none", "guided" (guided filter, cheap) or "grabcut" (GrabCut
+    # seeded by the network's map: a slower quality mode)
+    refine: str = "none"
     # --- merge and drop (Sec. 3.4) --------------------------------------------------------
     merge: bool = True            # "smaller object better"
     drop: bool = True             # "proxy box agreement"
@@ -74,6 +81,8 @@ class LabelConfig:
             raise ConfigError(f"drop_iou must be in [0, 1], got {self.drop_iou}")
         if self.min_score is not None and not 0.0 <= self.min_score <= 1.0:
             raise ConfigError(f"min_score must be in [0, 1] or null, got {self.min_score}")
+        if self.refine not in REFINES:
+            raise ConfigError(f"refine must be one of {list(REFINES)}, got {self.refine!r}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.alpha is not None and not 0.0 <= self.alpha <= 1.0:

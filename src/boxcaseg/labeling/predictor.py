@@ -105,14 +105,32 @@ def minmax_normalize(probs: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return torch.where(span >= eps, (probs - lo) / span.clamp_min(eps), probs)
 
 
+def box_probs(probs: torch.Tensor, box_xyxy: np.ndarray, region: np.ndarray, height: int,
+              width: int) -> tuple[int, int, torch.Tensor]:
+    """One crop region's probability map [1, 1, h, w] -> ``(c0, r0, p)``: ``p`` float
+    [r1 - r0, c1 - c0] at the centres of the pixels the box covers (``snap_box``)."""
+    c0, r0, c1, r1 = snap_box(box_xyxy, height, width)
+    if c1 <= c0 or r1 <= r0:
+        return c0, r0, torch.zeros(max(r1 - r0, 0), max(c1 - c0, 0))
+    x1, y1, x2, y2 = (float(v) for v in region)
+    gx = (torch.arange(c0, c1, dtype=torch.float64) + 0.5 - x1) / (x2 - x1) * 2 - 1
+    gy = (torch.arange(r0, r1, dtype=torch.float64) + 0.5 - y1) / (y2 - y1) * 2 - 1
+    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)
+    grid = grid.to(dtype=probs.dtype, device=probs.device)[None]
+    p = F.grid_sample(probs, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return c0, r0, p[0, 0]
+
+
 def paste_probs_boxes(probs: torch.Tensor, boxes_xyxy: np.ndarray, regions: np.ndarray,
-                      height: int, width: int, threshold: float, mode: str = "fixed"
+                      height: int, width: int, threshold: float, mode: str = "fixed",
+                      image: np.ndarray | None = None, refine: str = "none"
                       ) -> list[BoxMask]:
     """Probability maps [K, 1, h, w] of crop regions -> K box-sized masks (``BoxMask``).
 
     Only the pixels each box covers (``snap_box``, clipped to the image) are sampled, so a
     mask never leaks outside its box. ``mode="minmax"`` rescales each map first
-    (:func:`minmax_normalize`).
+    (:func:`minmax_normalize`). ``refine`` (with the RGB ``image``): an image-driven
+    refinement of each box's map at full resolution (``labeling.refine``).
     """
     k = probs.shape[0]
     out = []
@@ -120,19 +138,13 @@ def paste_probs_boxes(probs: torch.Tensor, boxes_xyxy: np.ndarray, regions: np.n
     if mode == "minmax" and k:
         probs = minmax_normalize(probs)
     for i in range(k):  # tiny per-box resampling ops; the model already ran batched
-        c0, r0, c1, r1 = snap_box(boxes_xyxy[i], height, width)
-        local = np.zeros((r1 - r0, c1 - c0), dtype=bool)
-        out.append(BoxMask(c0, r0, local))
-        if c1 <= c0 or r1 <= r0:
-            continue
-        x1, y1, x2, y2 = (float(v) for v in regions[i])
-        gx = (torch.arange(c0, c1, dtype=torch.float64) + 0.5 - x1) / (x2 - x1) * 2 - 1
-        gy = (torch.arange(r0, r1, dtype=torch.float64) + 0.5 - y1) / (y2 - y1) * 2 - 1
-        grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)
-        grid = grid.to(dtype=probs.dtype, device=probs.device)[None]
-        p = F.grid_sample(probs[i:i + 1], grid, mode="bilinear", padding_mode="border",
-                          align_corners=False)
-        local[:] = (p[0, 0] >= threshold).cpu().numpy()
+        c0, r0, p = box_probs(probs[i:i + 1], boxes_xyxy[i], regions[i], height, width)
+        if refine != "none" and p.numel():
+            from boxcaseg.labeling.refine import refine_mask
+            local = refine_mask(refine, image, c0, r0, p.cpu().numpy(), threshold)
+        else:
+            local = (p >= threshold).cpu().numpy()
+        out.append(BoxMask(c0, r0, np.ascontiguousarray(local, dtype=bool)))
     return out
 
 
@@ -249,17 +261,22 @@ class BoxcasegPredictor:
             for _ in range(2):
                 frozen(self._example(min(self.cfg.batch_size, 4)))
 
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        if self.jit_used:
+            return self.fn(x).float()
+        with self._autocast():
+            return self.fn(x).float()
+
     @torch.inference_mode()
     def predict_crops(self, crops: torch.Tensor) -> torch.Tensor:
         """Normalised crops [N, 3, S, S] -> probabilities [N, 1, h, w], in batches."""
         outs = []
         for i in range(0, crops.shape[0], self.cfg.batch_size):
             x = crops[i:i + self.cfg.batch_size].contiguous(memory_format=self.memory_format)
-            if self.jit_used:
-                outs.append(self.fn(x).float())
-            else:
-                with self._autocast():
-                    outs.append(self.fn(x).float())
+            p = self._run(x)
+            if self.cfg.tta_flip:  # the mirrored crop's answer, mirrored back, averaged
+                p = 0.5 * (p + self._run(x.flip(-1)).flip(-1))
+            outs.append(p)
         if not outs:
             return torch.zeros(0, 1, self.cfg.crop_size, self.cfg.crop_size)
         return torch.cat(outs)
@@ -293,7 +310,7 @@ class BoxcasegPredictor:
                 p = p_all[start:start + len(b)]
                 h, w = images[i].shape[:2]
                 masks[i].extend(paste_probs_boxes(p, b, r, h, w, cfg.threshold,
-                                                  cfg.threshold_mode))
+                                                  cfg.threshold_mode, images[i], cfg.refine))
                 probs[i].append(p.cpu())
                 start += len(b)
             crops.clear()
