@@ -217,3 +217,59 @@ def test_boxcaseg_loss_without_salient_images_or_pixel_heads():
                         SimpleNamespace(alpha=0.7))
     bce = F.binary_cross_entropy_with_logits(outputs["salient"][sal], batch["mask"][sal])
     assert torch.allclose(out["pixel"], bce)
+
+
+# ---------------------------------------------------------------------------- pairwise term
+
+
+def _two_tone(n=2, size=32):
+    """Left half red, right half blue; box covering everything."""
+    img = torch.zeros(n, 3, size, size)
+    img[:, 0, :, : size // 2] = 220
+    img[:, 2, :, size // 2:] = 220
+    boxes = torch.tensor([[0.0, 0.0, size, size]] * n)
+    return img, boxes
+
+
+def test_pairwise_loss_rewards_labels_that_follow_colour_edges():
+    from boxcaseg.losses import pairwise_color_loss
+    img, boxes = _two_tone()
+    follow = torch.full((2, 1, 32, 32), -6.0)
+    follow[..., :16] = 6.0                      # foreground exactly on the red half
+    across = torch.full((2, 1, 32, 32), -6.0)
+    across[..., :8, :] = 6.0                    # a label edge cutting through both colours
+    undecided = torch.zeros(2, 1, 32, 32)
+    lf, la, lu = (pairwise_color_loss(x, img, boxes) for x in (follow, across, undecided))
+    assert lf < 0.01 < la and lu == pytest.approx(math.log(2), rel=1e-4)
+
+
+def test_pairwise_loss_ignores_pairs_outside_the_box_and_across_colours():
+    from boxcaseg.losses import pairwise_color_loss
+    img, _ = _two_tone(1)
+    noisy = torch.randn(1, 1, 32, 32) * 5
+    empty = torch.tensor([[0.0, 0.0, 0.0, 0.0]])
+    assert pairwise_color_loss(noisy, img, empty) == 0  # no pair inside an empty box
+    # labels that disagree only across the colour edge cost nothing
+    split = torch.full((1, 1, 32, 32), -8.0)
+    split[..., :16] = 8.0
+    assert pairwise_color_loss(split, img, torch.tensor([[0.0, 0.0, 32, 32]])) < 1e-3
+
+
+def test_pairwise_weight_zero_leaves_the_loss_unchanged_and_positive_adds_the_term():
+    from types import SimpleNamespace
+
+    from boxcaseg.losses import boxcaseg_loss
+    torch.manual_seed(0)
+    img, boxes = _two_tone(3)
+    outputs = {k: torch.randn(3, 1, 32, 32) for k in ("weak", "salient", "transferred")}
+    batch = {"image": img, "box": boxes, "is_salient": torch.tensor([False, False, True]),
+             "mask": torch.zeros(3, 1, 32, 32)}
+    off = boxcaseg_loss(outputs, batch, SimpleNamespace(alpha=0.7, smooth_weight=0.05))
+    zero = boxcaseg_loss(outputs, batch, SimpleNamespace(alpha=0.7, smooth_weight=0.05,
+                                                         pairwise_weight=0.0))
+    on = boxcaseg_loss(outputs, batch, SimpleNamespace(alpha=0.7, smooth_weight=0.05,
+                                                       pairwise_weight=0.5))
+    assert list(off) == list(zero) == ["mil_weak_box", "mil_weak_salient", "pixel", "total"]
+    assert torch.equal(off["total"], zero["total"])
+    assert on["pairwise"] > 0
+    assert torch.allclose(on["total"], off["total"] + 0.5 * on["pairwise"])

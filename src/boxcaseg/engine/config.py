@@ -56,6 +56,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     poly_power: float = 0.9
     smooth_weight: float = 0.05
+    # BoxInst's colour-affinity pairwise term on the weak head's box crops (losses.py); 0 =
+    # off, as in the paper
+    pairwise_weight: float = 0.0
     amp: bool = True  # mixed precision; only used on CUDA
     # runtime
     seed: int = 0
@@ -93,7 +96,8 @@ class TrainConfig:
             raise ConfigError(f"max_steps must be >= 1 (or null), got {self.max_steps}")
         if self.num_salient is not None and self.num_salient < 1:
             raise ConfigError(f"num_salient must be >= 1 (or null for all), got {self.num_salient}")
-        for name in ("lr", "momentum", "weight_decay", "poly_power", "smooth_weight"):
+        for name in ("lr", "momentum", "weight_decay", "poly_power", "smooth_weight",
+                     "pairwise_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:

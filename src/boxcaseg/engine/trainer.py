@@ -98,6 +98,7 @@ class _LossSettings:
     def __init__(self, cfg: TrainConfig) -> None:
         self.alpha = cfg.model.alpha
         self.smooth_weight = cfg.smooth_weight
+        self.pairwise_weight = cfg.pairwise_weight
         self.heads = tuple(cfg.model.heads)
 
 
