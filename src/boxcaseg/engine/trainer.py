@@ -34,7 +34,8 @@ from boxcaseg.engine.checkpoint import rng_state
 from boxcaseg.engine.config import TrainConfig
 from boxcaseg.engine.distributed import DistInfo, barrier
 from boxcaseg.engine.loop import TrainLoop, optimizer_step, training_session
-from boxcaseg.engine.run_guard import RUNTIME_KEYS, check_resume, input_fingerprints, salient_listing
+from boxcaseg.engine.run_guard import (RUNTIME_KEYS, check_resume, input_fingerprints,
+                                       salient_listing)
 from boxcaseg.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
