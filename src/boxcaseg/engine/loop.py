@@ -121,13 +121,14 @@ class TrainLoop(ABC):
         self.last, self.final = self.out / LAST, self.out / FINAL
         self.net: nn.Module = model  # the DDP wrapper under torchrun, once run() wrapped it
         self.step = 0
-        self.steps_run = 0
+        self.steps_run = 0  # by this call, not before a resume
         self.seconds_per_step: float | None = None
 
     # ------------------------------------------------------------ what a model supplies
     @abstractmethod
     def batches(self, start: int) -> Iterator[Any]:
-        """The batches of steps ``start + 1, start + 2, ...`` (may be endless)."""
+        """The batches of steps ``start + 1, start + 2, ...``, at least up to ``total_steps``
+        (endless is fine: the loop stops drawing there and closes the generator)."""
 
     @abstractmethod
     def run_step(self, batch: Any) -> dict[str, float]:
