@@ -381,3 +381,72 @@ def test_config_validation_and_from_scratch_resnet(tmp_path):
     body = build_backbone(MaskRCNNConfig(backbone="resnet50_fpn", pretrained="none")).body
     assert isinstance(body.bn1, torch.nn.BatchNorm2d)
     assert all(p.requires_grad for p in body.parameters())
+
+
+# --------------------------------------------------------------------------- divergence
+
+def _corrupt_after_update(monkeypatch, at: int) -> None:
+    """The ``at``-th optimizer step leaves a NaN in one weight (the loss before it is fine)."""
+    import boxcaseg.maskrcnn.train as train_mod
+    orig = train_mod.build_optimizer
+
+    def build(model, cfg):
+        opt, sched = orig(model, cfg)
+        calls = {"n": 0}
+
+        def corrupt(*_):
+            calls["n"] += 1
+            if calls["n"] == at:
+                weight = next(p for p in model.parameters() if p.requires_grad)
+                with torch.no_grad():
+                    weight.view(-1)[0] = float("nan")
+
+        opt.register_step_post_hook(corrupt)
+        return opt, sched
+
+    monkeypatch.setattr(train_mod, "build_optimizer", build)
+
+
+def test_nan_weights_are_never_checkpointed(tmp_path, monkeypatch):
+    from boxcaseg.errors import TrainingDivergedError
+    write_tiny_dataset(tmp_path, n_images=2)
+    _corrupt_after_update(monkeypatch, at=4)
+    cfg = tiny_cfg(train_json=str(tmp_path / "gt.json"), images_root=str(tmp_path / "images"),
+                   out_dir=str(tmp_path / "run"), max_iters=4, checkpoint_every=2)
+    with pytest.raises(TrainingDivergedError,
+                       match=r"diverged at iteration 4: weights contain NaN/inf.*no checkpoint"):
+        train_maskrcnn(cfg, progress=False)
+    assert not (tmp_path / "run" / "final.pt").exists()
+    last = load_checkpoint(tmp_path / "run" / "last.pt")  # the last good state stays
+    assert last["iteration"] == 2
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
+def test_nan_loss_names_the_iteration_and_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from boxcaseg.errors import TrainingDivergedError
+    import boxcaseg.maskrcnn.train as train_mod
+    orig, calls = train_mod.build_maskrcnn, {"n": 0}
+
+    def build(cfg, num_classes):
+        model = orig(cfg, num_classes)
+        forward = model.forward
+
+        def nan_at_third(images, targets=None):
+            losses = forward(images, targets)
+            calls["n"] += 1
+            if calls["n"] == 3:
+                losses = {**losses, "loss_mask": losses["loss_mask"] * float("nan")}
+            return losses
+
+        model.forward = nan_at_third
+        return model
+
+    monkeypatch.setattr(train_mod, "build_maskrcnn", build)
+    write_tiny_dataset(tmp_path, n_images=2)
+    cfg = tiny_cfg(train_json=str(tmp_path / "gt.json"), images_root=str(tmp_path / "images"),
+                   out_dir=str(tmp_path / "run"), max_iters=4, checkpoint_every=2)
+    with pytest.raises(TrainingDivergedError, match=r"diverged at iteration 3: non-finite loss "
+                       r"\(.*loss_mask=nan.*lower lr.*last good checkpoint: .*last\.pt"):
+        train_maskrcnn(cfg, progress=False)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["iteration"] == 2
+    assert not (tmp_path / "run" / "final.pt").exists()

@@ -20,22 +20,19 @@ from __future__ import annotations
 import argparse
 import os
 
+from boxcaseg.commands import add_training_arguments
 from boxcaseg.config import load_command_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = (parser.description or "") + "\n\n" + __doc__.split("\n\n", 1)[1]
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--config", help="YAML file with TrainConfig keys, or a shipped recipe: "
-                        "real-cpu (real photos on a CPU, offline), demo-cpu (defaults: the "
-                        "paper's GPU recipe)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides, e.g. lr=0.01 model.backbone=hrnet_w48 "
-                             "model.heads=[weak,salient]")
-    parser.add_argument("--out", help="output directory (overrides out_dir)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from OUT/last.pt (exactly: same data order and RNG); "
-                             "refused if the box file, the salient set or a setting changed")
+    add_training_arguments(
+        parser, __doc__,
+        config_help="YAML file with TrainConfig keys, or a shipped recipe: real-cpu (real "
+                    "photos on a CPU, offline), demo-cpu (defaults: the paper's GPU recipe)",
+        overrides_help="config overrides, e.g. lr=0.01 model.backbone=hrnet_w48 "
+                       "model.heads=[weak,salient]",
+        resume_help="continue from OUT/last.pt (exactly: same data order and RNG); refused if "
+                    "the box file, the salient set or a setting changed")
 
 
 def run(args: argparse.Namespace) -> int:

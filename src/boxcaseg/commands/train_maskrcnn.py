@@ -19,20 +19,17 @@ import argparse
 import json
 import os
 
+from boxcaseg.commands import add_training_arguments
 from boxcaseg.config import load_command_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = (parser.description or "") + "\n\n" + __doc__.split("\n\n", 1)[1]
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--config", help="YAML file with MaskRCNNConfig keys "
-                                         "(defaults: maskrcnn-benchmark's)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides, e.g. lr=0.01 max_iters=1000 min_size=[480,512]")
-    parser.add_argument("--out", help="output directory (overrides out_dir)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from OUT/last.pt; refused if train_json or a setting "
-                             "changed (max_iters may grow)")
+    add_training_arguments(
+        parser, __doc__,
+        config_help="YAML file with MaskRCNNConfig keys (defaults: maskrcnn-benchmark's)",
+        overrides_help="config overrides, e.g. lr=0.01 max_iters=1000 min_size=[480,512]",
+        resume_help="continue from OUT/last.pt; refused if train_json or a setting changed "
+                    "(max_iters may grow)")
 
 
 def run(args: argparse.Namespace) -> int:

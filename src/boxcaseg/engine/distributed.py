@@ -13,6 +13,8 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from boxcaseg.errors import ConfigError
 
@@ -89,6 +91,19 @@ def all_true(flag: bool, info: DistInfo) -> bool:
     t = torch.tensor([1 if flag else 0], device=info.device, dtype=torch.int32)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return bool(t.item())
+
+
+def wrap_ddp(model: nn.Module, info: DistInfo) -> nn.Module:
+    """``model`` itself in one process, else its DDP wrapper (gradients averaged over ranks)."""
+    if not info.distributed:
+        return model
+    return DistributedDataParallel(model, device_ids=[info.device.index]
+                                   if info.device.type == "cuda" else None)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside a DDP wrapper (its state_dict has no ``module.`` prefix)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def cleanup(info: DistInfo) -> None:

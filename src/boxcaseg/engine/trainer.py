@@ -1,4 +1,4 @@
-"""Joint BoxCaseg training (paper Sec. 3.2-3.3): a plain loop, torchvision-references style.
+"""Joint BoxCaseg training (paper Sec. 3.2-3.3): the BoxCaseg step on :mod:`boxcaseg.engine.loop`.
 
 One step: a mixed batch (``box_per_batch`` box crops + salient crops, see
 :mod:`boxcaseg.data.sampler`) -> normalise on the device -> ``model(x)`` (logits per head, AMP
@@ -8,41 +8,37 @@ Reproducibility: each sample's augmentation is seeded by its position in the glo
 stream, the DataLoader has its own generator, and checkpoints hold every RNG state, so on CPU a
 run resumed from ``last.pt`` reaches bitwise the same weights as an uninterrupted one.
 
-Outputs in ``out_dir``: ``config.yaml`` (resolved config), ``last.pt`` (every
-``checkpoint_every`` steps and at the end), ``final.pt`` (at the end), ``tb/`` (TensorBoard).
+Outputs in ``out_dir`` (written by the shared loop): ``config.yaml`` (resolved config),
+``last.pt`` (every ``checkpoint_every`` steps and at the end), ``final.pt`` (at the end, the same
+full state), ``tb/`` (TensorBoard: ``loss/<term>``, ``lr``, ``images_per_s``).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import random
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from boxcaseg.config import dump_yaml, to_dict
+from boxcaseg.config import to_dict
 from boxcaseg.data.sampler import MixedBatchSampler
 from boxcaseg.data.train_sets import BoxCropDataset, MixedDataset, SalientCropDataset
 from boxcaseg.data.validate import screen_box_dataset, screen_salient_dataset
 from boxcaseg.data.transforms import normalize
-from boxcaseg.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from boxcaseg.engine.checkpoint import rng_state
 from boxcaseg.engine.config import TrainConfig
-from boxcaseg.engine.distributed import DistInfo, all_finite, barrier, cleanup, init_distributed
+from boxcaseg.engine.distributed import DistInfo, barrier
+from boxcaseg.engine.loop import TrainLoop, optimizer_step, training_session
 from boxcaseg.engine.run_guard import (RUNTIME_KEYS, check_resume, input_fingerprints,
-                                       output_guard, salient_listing)
-from boxcaseg.errors import ConfigError, DataError, TrainingDivergedError
-from boxcaseg.io import atomic_write_text
+                                       salient_listing)
+from boxcaseg.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
-
-LAST, FINAL = "last.pt", "final.pt"
 
 
 # ---------------------------------------------------------------------------- building blocks
@@ -102,14 +98,6 @@ class _LossSettings:
         self.heads = tuple(cfg.model.heads)
 
 
-def _format_terms(terms: dict[str, float]) -> str:
-    return ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
-
-
-def _params_finite(model: torch.nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
-
-
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -136,18 +124,8 @@ def train_step(net: torch.nn.Module, batch: dict[str, Any], optimizer: torch.opt
     with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
         outputs = net(images, pixel_rows=pixel_rows)
     losses = compute_losses(outputs, batch, cfg)
-    names = list(losses)
-    # one host sync per step for logging and the NaN check together
-    terms = dict(zip(names, torch.stack([losses[k].detach().float() for k in names]).tolist()))
-    finite = all(math.isfinite(v) for v in terms.values())
-    if not all_finite(finite, info or DistInfo(device=device)):
-        raise TrainingDivergedError(f"non-finite loss ({_format_terms(terms)})")
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(losses["total"]).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    scheduler.step()
-    return terms
+    return optimizer_step(losses, losses["total"], optimizer, scheduler, scaler,
+                          info or DistInfo(device=device))
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -159,135 +137,93 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     accident. Under ``torchrun`` each process trains on its share of every global batch.
     """
     cfg.validate()
-    info = init_distributed(cfg.device)
-    try:
-        with output_guard(cfg.out_dir, "boxcaseg train", info.is_main):
-            return _train(cfg, resume, info, progress)
-    finally:
-        cleanup(info)
+    with training_session(cfg.device, cfg.out_dir, "boxcaseg train", resume) as info:
+        return _train(cfg, resume, info, progress)
+
+
+class BoxCasegLoop(TrainLoop):
+    """The BoxCaseg side of :class:`TrainLoop`: mixed batches, :func:`train_step`, and a
+    ``last.pt`` / ``final.pt`` that both hold the full resumable state."""
+
+    def __init__(self, cfg: TrainConfig, info: DistInfo, progress: bool) -> None:
+        from boxcaseg.model import build_model
+
+        device = info.device
+        self.cfg, self.use_amp = cfg, bool(cfg.amp and device.type == "cuda")
+        _seed_everything(cfg.seed)
+        box_ds, sal_ds = build_datasets(cfg)
+        self.sampler = MixedBatchSampler(len(box_ds) if box_ds else 0,
+                                         len(sal_ds) if sal_ds else 0, cfg.batch_size,
+                                         cfg.box_per_batch, cfg.seed, info.rank, info.world_size)
+        self.loader = DataLoader(
+            MixedDataset(box_ds, sal_ds), batch_sampler=self.sampler,
+            num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+            # persistent: workers keep their decoded-image caches across epochs
+            persistent_workers=cfg.num_workers > 0,
+            # own generator: creating an iterator must not consume the global torch RNG, or a
+            # resumed run would drift from an uninterrupted one
+            generator=torch.Generator().manual_seed(cfg.seed))
+        total = cfg.max_steps or cfg.epochs * len(self.sampler)
+
+        model = build_model(cfg.model).to(device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        if cfg.optimizer == "adamw":
+            optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+                params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                                        weight_decay=cfg.weight_decay)
+        super().__init__(
+            config=cfg, info=info, model=model, optimizer=optimizer,
+            scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                                        poly_lambda(total, cfg.poly_power)),
+            scaler=torch.amp.GradScaler("cuda", enabled=self.use_amp), total_steps=total,
+            out_dir=cfg.out_dir, log_every=cfg.log_every,
+            checkpoint_every=cfg.checkpoint_every, progress=progress)
+        self.inputs = input_fingerprints(
+            {"boxes_json": cfg.boxes_json if box_ds is not None else None},
+            {"salient listing": salient_listing(sal_ds.folder)
+             if sal_ds is not None and hasattr(sal_ds.folder, "names") else None})
+
+    def check_checkpoint(self, ckpt: dict[str, Any]) -> None:
+        cfg = self.cfg
+        if ckpt.get("model_config") != to_dict(cfg.model):
+            raise ConfigError(f"{self.last}: saved model config {ckpt.get('model_config')} "
+                              f"differs from the requested {to_dict(cfg.model)}; cannot resume")
+        check_resume(self.last, ckpt.get("train_config"), to_dict(cfg), ckpt.get("inputs"),
+                     self.inputs, RUNTIME_KEYS | {"boxes_json", "salient_root"})  # by content
+
+    def before_train(self) -> None:
+        info = self.info
+        log.info("training %d steps (%d per epoch, batch %d per process x %d processes) on "
+                 "%s%s", self.total, len(self.sampler), self.cfg.batch_size, info.world_size,
+                 info.device, " with AMP" if self.use_amp else "")
+
+    def batches(self, start: int) -> Iterator[dict[str, Any]]:
+        self.sampler.load_state_dict(self.sampler.state_for_step(start))
+        while True:  # the sampler moves on to the next epoch each time the loader ends
+            yield from self.loader
+
+    def run_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        return train_step(self.net, batch, self.optimizer, self.scheduler, self.scaler,
+                          self.cfg, self.info.device, self.use_amp, self.info)
+
+    def scalars(self, terms: dict[str, float], lr: float, steps_per_s: float
+                ) -> dict[str, float]:
+        images_per_s = steps_per_s * self.cfg.batch_size * self.info.world_size
+        return {**super().scalars(terms, lr, steps_per_s), "images_per_s": images_per_s}
+
+    def checkpoint_state(self, final: bool) -> dict[str, Any]:
+        step = self.step
+        return {"model": self.model.state_dict(), "model_config": to_dict(self.cfg.model),
+                "train_config": to_dict(self.cfg), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "sampler": self.sampler.state_for_step(step), "step": step, "rng": rng_state(),
+                "inputs": self.inputs}
 
 
 def _train(cfg: TrainConfig, resume: bool, info: DistInfo, progress: bool = True) -> Path:
-    from boxcaseg.model import build_model
-
-    out = Path(cfg.out_dir)
-    last, final = out / LAST, out / FINAL
-    if last.exists() and not resume:
-        raise ConfigError(f"{last} exists: pass --resume to continue that run, or choose "
-                          "another output directory")
-    device = info.device
-    use_amp = bool(cfg.amp and device.type == "cuda")
-    _seed_everything(cfg.seed)
-
-    box_ds, sal_ds = build_datasets(cfg)
-    sampler = MixedBatchSampler(len(box_ds) if box_ds else 0, len(sal_ds) if sal_ds else 0,
-                                cfg.batch_size, cfg.box_per_batch, cfg.seed,
-                                info.rank, info.world_size)
-    loader = DataLoader(MixedDataset(box_ds, sal_ds), batch_sampler=sampler,
-                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                        # persistent: workers keep their decoded-image caches across epochs
-                        persistent_workers=cfg.num_workers > 0,
-                        # own generator: creating an iterator must not consume the global
-                        # torch RNG, or a resumed run would drift from an uninterrupted one
-                        generator=torch.Generator().manual_seed(cfg.seed))
-    total = cfg.max_steps or cfg.epochs * len(sampler)
-
-    model = build_model(cfg.model).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                                    weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lambda(total, cfg.poly_power))
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-
-    step = 0
-    inputs = input_fingerprints(
-        {"boxes_json": cfg.boxes_json if box_ds is not None else None},
-        {"salient listing": salient_listing(sal_ds.folder)
-         if sal_ds is not None and hasattr(sal_ds.folder, "names") else None})
-    if resume and last.exists():
-        ckpt = load_checkpoint(last)
-        if ckpt.get("model_config") != to_dict(cfg.model):
-            raise ConfigError(f"{last}: saved model config {ckpt.get('model_config')} differs "
-                              f"from the requested {to_dict(cfg.model)}; cannot resume")
-        check_resume(last, ckpt.get("train_config"), to_dict(cfg), ckpt.get("inputs"), inputs,
-                     RUNTIME_KEYS | {"boxes_json", "salient_root"})  # compared by content
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
-        step = int(ckpt["step"])
-        log.info("resumed from %s at step %d", last, step)
-    elif resume:
-        log.warning("--resume: nothing to resume (%s not found); starting a fresh run", last)
-    sampler.load_state_dict(sampler.state_for_step(step))
-
-    net: torch.nn.Module = model
-    if info.distributed:
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                      else None)
-
-    writer = None
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", dump_yaml(cfg))
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(out / "tb"))
-
-    def checkpoint(path: Path) -> None:
-        # a diverged state is never written: all ranks check, all ranks raise together
-        if not all_finite(_params_finite(model), info):
-            raise TrainingDivergedError(
-                f"training diverged at step {step}: weights contain NaN/inf after the update "
-                f"(lr={scheduler.get_last_lr()[0]:.3g}); no checkpoint written")
-        if info.is_main:
-            save_checkpoint(path, {
-                "model": model.state_dict(), "model_config": to_dict(cfg.model),
-                "train_config": to_dict(cfg), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "sampler": sampler.state_for_step(step), "step": step, "rng": rng_state(),
-                "inputs": inputs})
-
-    log.info("training %d steps (%d per epoch, batch %d per process x %d processes) on %s%s",
-             total, len(sampler), cfg.batch_size, info.world_size, device,
-             " with AMP" if use_amp else "")
-    net.train()
-    bar = tqdm(total=total, initial=step, desc="train", disable=not (info.is_main and progress),
-               dynamic_ncols=True)
-    t_log, n_log = time.perf_counter(), 0
-    try:
-        while step < total:
-            for batch in loader:
-                try:
-                    terms = train_step(net, batch, optimizer, scheduler, scaler, cfg, device,
-                                       use_amp, info)
-                except TrainingDivergedError as e:
-                    raise TrainingDivergedError(
-                        f"training diverged at step {step + 1}: {e}; last good checkpoint: "
-                        f"{last if last.exists() else 'none'}") from None
-                step += 1
-                n_log += cfg.batch_size
-                bar.update(1)
-                bar.set_postfix_str(_format_terms(terms), refresh=False)
-                if writer is not None and (step % cfg.log_every == 0 or step == total):
-                    for k, v in terms.items():
-                        writer.add_scalar(f"loss/{k}", v, step)
-                    writer.add_scalar("lr", scheduler.get_last_lr()[0], step)
-                    now = time.perf_counter()
-                    writer.add_scalar("images_per_s", n_log * info.world_size / (now - t_log), step)
-                    t_log, n_log = now, 0
-                if step % cfg.checkpoint_every == 0 or step == total:
-                    checkpoint(last)
-                if step >= total:
-                    break
-        checkpoint(final)
-    finally:
-        bar.close()
-        if writer is not None:
-            writer.close()
+    final = BoxCasegLoop(cfg, info, progress).run(resume)
     barrier(info)
     if info.is_main:
         log.info("final checkpoint: %s", final)
