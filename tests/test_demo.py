@@ -51,7 +51,7 @@ def test_rerun_reuses_finished_stages(quick_demo, capsys, monkeypatch):
 
     monkeypatch.setattr("boxcaseg.engine.trainer.train", no_training)
     monkeypatch.setattr("boxcaseg.maskrcnn.train.train_maskrcnn", no_training)
-    monkeypatch.setattr("boxcaseg.labeling.labeler.label_dataset", no_training)
+    monkeypatch.setattr("boxcaseg.labeling.job.run.label_dataset", no_training)
     assert main(["demo", "--quick", "--out", str(quick_demo), "--no-progress"]) == 0
     after = json.loads((quick_demo / "results.json").read_text())
     assert after["proxy_masks"] == before["proxy_masks"]
