@@ -43,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _fit(args: argparse.Namespace) -> int:
     from boxcaseg.config import dump_yaml
+    from boxcaseg.data.coco import parse_coco
     from boxcaseg.io import atomic_write_text, read_json
     from boxcaseg.labeling.calibrate import (calibration_pairs, fit, format_curve, read_labels,
                                              rule_config)
@@ -53,7 +54,11 @@ def _fit(args: argparse.Namespace) -> int:
     if args.min_kept_iou is None and args.keep is None:
         raise ConfigError("give a goal: --min-kept-iou X (e.g. 0.75) or --keep F (e.g. 0.8)")
     pred = read_labels(args.pred)
-    ids, signal, ious = calibration_pairs(read_json(args.gt), pred, args.signal)
+    gt = read_json(args.gt)
+    # the human masks (and the proxies) are checked before any IoU is computed from them
+    parse_coco(gt, str(args.gt), masks="truth")
+    parse_coco(pred, str(args.pred), masks="labels")
+    ids, signal, ious = calibration_pairs(gt, pred, args.signal)
     cal = fit(signal, ious, min_kept_iou=args.min_kept_iou, keep=args.keep, name=args.signal)
     print(f"{cal.n} calibration masks (GT instances with a proxy mask); mean IoU of all "
           f"{cal.all_mean_iou:.4f}")

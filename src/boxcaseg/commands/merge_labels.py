@@ -46,8 +46,9 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"{source}: the input box file of these parts is not there (pass "
                         "--boxes with its new location)")
     # GT masks kept as the labeling run did (parts from before keep_gt_masks labeled all)
-    boxes = BoxInput.from_coco(load_coco(source),
-                               keep_gt_masks=bool(header["config"].get("keep_gt_masks", False)))
+    keep_gt = bool(header["config"].get("keep_gt_masks", False))
+    boxes = BoxInput.from_coco(load_coco(source, masks="gt" if keep_gt else None),
+                               keep_gt_masks=keep_gt)
     with OutputLock(args.out, "boxcaseg merge-labels"):
         index = index_parts(args.parts, boxes)
         if index.all_failed:

@@ -12,7 +12,10 @@ field, and exposes a validated, typed view (``CocoData.images``) for the stages:
 * malformed entries (not an object, non-integer or quoted ("1") ids, non-finite or boolean
   box values, duplicate image / annotation / category ids) -> ``DataError``;
 * ``iscrowd`` annotations stay in the view (``BoxAnnotation.iscrowd``); training excludes them
-  and evaluation handles them as COCO does.
+  and evaluation handles them as COCO does;
+* ``masks=`` ``"gt"`` / ``"truth"`` / ``"labels"``: the masks are checked too
+  (:func:`boxcaseg.data.gt_masks.check_masks`): a malformed one -> ``DataError`` naming the
+  annotation, its image and what to do.
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ def _objects(data: dict[str, Any], key: str, source: str) -> list[dict[str, Any]
 
 
 def parse_coco(data: Any, source: str = "<memory>", image_root: str | os.PathLike | None = None,
-               check_images: bool = False) -> CocoData:
+               check_images: bool = False, masks: str | None = None) -> CocoData:
     if not isinstance(data, dict):
         raise DataError(f"{source}: top level must be a JSON object, got {type(data).__name__}")
     for key in ("images", "annotations", "categories"):
@@ -185,10 +188,13 @@ def parse_coco(data: Any, source: str = "<memory>", image_root: str | os.PathLik
             segmentation=a.get("segmentation") or None))
     result.report["images"] = len(result.images)
     result.report["annotations"] = result.num_annotations
+    if masks is not None:
+        from boxcaseg.data.gt_masks import check_masks  # cv2 & co. only when masks matter
+        check_masks(result, masks)
     return result
 
 
 def load_coco(json_path: str | os.PathLike, image_root: str | os.PathLike | None = None, *,
-              check_images: bool = False) -> CocoData:
+              check_images: bool = False, masks: str | None = None) -> CocoData:
     """Read and validate a COCO JSON file (boxes; masks optional). See module docstring."""
-    return parse_coco(read_json(json_path), str(json_path), image_root, check_images)
+    return parse_coco(read_json(json_path), str(json_path), image_root, check_images, masks)

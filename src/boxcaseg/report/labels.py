@@ -120,7 +120,8 @@ def load_labels(path: str | os.PathLike, image_root: str | os.PathLike | None = 
     """Read and validate a labels file (``boxcaseg label``'s output)."""
     path = Path(path)
     data = read_json(path)
-    coco = parse_coco(data, str(path), image_root)
+    # every mask checked now: report and export decode them later, one by one
+    coco = parse_coco(data, str(path), image_root, masks="labels")
     raw_by_id = {int(a["id"]): a for a in data["annotations"]}
     instances: list[Instance] = []
     for img in coco.images:

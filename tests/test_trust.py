@@ -1,0 +1,184 @@
+"""Issue 19 ("Trust"): input the user gave is checked before work starts, and what a command
+reports is never more certain than its data. Every fixture is generated here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from boxcaseg.cli import main
+from boxcaseg.structures import mask_to_rle
+
+H, W = 30, 40
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    rc = main([str(a) for a in argv])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def one_error(err: str, command: str, *needles: str) -> str:
+    """Exactly one error line, no traceback, no "internal error", containing every needle."""
+    assert "Traceback" not in err and "internal error" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.startswith(f"boxcaseg {command}: error: ")]
+    assert len(lines) == 1, err
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def _images(root: Path, names=("a.png", "b.png")) -> Path:
+    img = root / "img"
+    img.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    for n in names:
+        Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(img / n)
+    return img
+
+
+def _dataset(root: Path, segm, other_box: bool = True) -> Path:
+    """Image 1 (a.png) with annotation 7 carrying ``segm``, optionally a plain box 8 beside
+    it; image 2 (b.png) with a plain box 9."""
+    anns = [{"id": 7, "image_id": 1, "category_id": 1, "bbox": [2, 2, 20, 15], "iscrowd": 0,
+             "area": 300, "segmentation": segm},
+            {"id": 9, "image_id": 2, "category_id": 1, "bbox": [4, 4, 10, 10], "iscrowd": 0,
+             "area": 100}]
+    if other_box:
+        anns.append({"id": 8, "image_id": 1, "category_id": 1, "bbox": [5, 5, 10, 10],
+                     "iscrowd": 0, "area": 100})
+    data = {"images": [{"id": 1, "file_name": "a.png", "width": W, "height": H},
+                       {"id": 2, "file_name": "b.png", "width": W, "height": H}],
+            "annotations": anns, "categories": [{"id": 1, "name": "c"}]}
+    path = root / "boxes.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+GOOD_POLY = [[2.0, 2.0, 22.0, 2.0, 22.0, 17.0, 2.0, 17.0]]
+BAD_GT = [  # (segmentation, what the message must say)
+    ([[1, 2]], "polygon 0 has 2 numbers"),                 # was: internal error
+    ([[1, 2, 3, 4]], "polygon 0 has 4 numbers"),           # was: "Argument 'bb' ..."
+    ([[2, 2, 20, 2, 20]], "polygon 0 has 5 numbers"),      # was: accepted silently
+    ([[2, 2, 20, 2, 20, 15, 3]], "polygon 0 has 7 numbers"),
+    (["2 2 20 2 20 15"], "polygon 0 is a str"),
+    ({"size": [H, W], "counts": [5, 10]}, "counts sum to 15, not height x width = 1200"),
+    ([[50, 35, 60, 35, 60, 45]], "wholly outside the 40x30 image"),
+    ([[0, 0, 1e12, 0, 1e12, 1e12]], "far outside the 40x30 image"),  # was: a segfault
+    ({"size": [W, H], "counts": [H * W]}, "RLE of size 30x40"),
+    ({"size": [H, W], "counts": "not an rle"}, "not a valid compressed COCO RLE"),
+]
+
+
+# ------------------------------------------------------------ item 1: GT masks up front
+
+
+@pytest.mark.parametrize("segm, needle", BAD_GT, ids=[str(i) for i in range(len(BAD_GT))])
+def test_label_refuses_a_bad_gt_mask_before_any_work(segm, needle, tmp_path, capsys):
+    img, boxes = _images(tmp_path), _dataset(tmp_path, segm)
+    out = tmp_path / "out.json"
+    rc, _, err = run_cli(capsys, "label", "--method", "box", "--images", img, "--boxes", boxes,
+                         "--out", out, "--no-progress")
+    assert rc == 2
+    one_error(err, "label", "boxes.json: annotation 7 (image 1, a.png)", needle,
+              "keep_gt_masks=false")
+    assert not out.exists() and not list(tmp_path.glob(".out.json*"))
+    # the way out the message names: label every box, the given masks ignored
+    rc, _, err = run_cli(capsys, "label", "--method", "box", "--images", img, "--boxes", boxes,
+                         "--out", out, "--no-progress", "keep_gt_masks=false")
+    assert rc == 0, err
+    by_id = {a["id"]: a for a in json.loads(out.read_text())["annotations"]}
+    assert by_id[7]["mask_source"] == "box"
+
+
+def _labels_file(tmp_path: Path, segm, other_box: bool) -> tuple[Path, Path, Path]:
+    """A labels file as ``label`` wrote it before issue 19: annotation 7's bad GT mask passed
+    through as ``mask_source: gt``."""
+    img, boxes = _images(tmp_path), _dataset(tmp_path, GOOD_POLY, other_box)
+    labels = tmp_path / "labels.json"
+    assert main(["label", "--method", "box", "--images", str(img), "--boxes", str(boxes),
+                 "--out", str(labels), "--no-progress"]) == 0
+    data = json.loads(labels.read_text())
+    for a in data["annotations"]:
+        if a["id"] == 7:
+            assert a["mask_source"] == "gt"
+            a["segmentation"] = segm
+    labels.write_text(json.dumps(data))
+    return img, boxes, labels
+
+
+@pytest.mark.parametrize("segm, needle", [BAD_GT[0], BAD_GT[3], BAD_GT[5]], ids=["2", "7", "rle"])
+def test_report_and_export_name_a_bad_mask_in_a_labels_file(segm, needle, tmp_path, capsys):
+    # the image has no other box: the mask was never decoded by label, only by these
+    img, _, labels = _labels_file(tmp_path, segm, other_box=False)
+    capsys.readouterr()
+    rc, _, err = run_cli(capsys, "report", labels, "--images", img, "--out", tmp_path / "rep",
+                         "--no-progress")
+    assert rc == 2
+    one_error(err, "report", "labels.json: annotation 7 (image 1, a.png)", needle)
+    assert not (tmp_path / "rep" / "index.html").exists()
+    rc, _, err = run_cli(capsys, "export", labels, "--to", "cvat", "--images", img,
+                         "--out", tmp_path / "exp")
+    assert rc == 2
+    one_error(err, "export", "labels.json: annotation 7 (image 1, a.png)", needle)
+    assert not [p for p in (tmp_path / "exp").rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("command", ["eval", "report", "calibrate"])
+@pytest.mark.parametrize("segm, needle", [BAD_GT[0], BAD_GT[3], BAD_GT[6]],
+                         ids=["2", "7", "outside"])
+def test_gt_files_with_a_bad_mask_are_one_line(command, segm, needle, tmp_path, capsys):
+    img, _, labels = _labels_file(tmp_path, GOOD_POLY, other_box=True)
+    # a human GT file: every box with a mask, annotation 7's malformed
+    gt = json.loads(labels.read_text())
+    for a in gt["annotations"]:
+        for k in ("mask_source", "score", "proxy_iou", "ignore_mask"):
+            a.pop(k, None)
+        if a["id"] == 7:
+            a["segmentation"] = segm
+    gt_path = tmp_path / "gt.json"
+    gt_path.write_text(json.dumps(gt))
+    capsys.readouterr()
+    argv = {"eval": ["eval", "--gt", gt_path, "--pred", labels],
+            "report": ["report", labels, "--images", img, "--gt", gt_path, "--out",
+                       tmp_path / "rep", "--no-progress"],
+            "calibrate": ["calibrate", "--gt", gt_path, "--pred", labels, "--keep", "0.8",
+                          "--out", tmp_path / "rule.yaml"]}[command]
+    rc, _, err = run_cli(capsys, *argv)
+    assert rc == 2
+    one_error(err, command, "gt.json: annotation 7 (image 1, a.png)", needle, "ground-truth")
+    assert not (tmp_path / "rule.yaml").exists() and not (tmp_path / "rep" / "index.html").exists()
+
+
+def test_segmentation_check_accepts_what_coco_tools_write():
+    from boxcaseg.data.gt_masks import compressed_rle_counts, segmentation_problem
+
+    rng = np.random.default_rng(1)
+    for t in range(50):
+        h, w = (int(v) for v in rng.integers(1, 90, 2))
+        m = rng.random((h, w)) < (0.3 if t % 2 else 0.0)
+        if t % 5 == 0:
+            m[:] = True
+        rle = mask_to_rle(m)
+        runs = compressed_rle_counts(rle["counts"])  # the decoder agrees with pycocotools
+        assert runs is not None and runs.sum() == h * w and runs[1::2].sum() == m.sum()
+        assert segmentation_problem(rle, h, w) is None
+        if m.any():
+            assert segmentation_problem(rle, h, w, need_pixels=True) is None
+        else:
+            assert "covers no pixel" in segmentation_problem(rle, h, w, need_pixels=True)
+    # uncompressed RLE (COCO's crowd regions), polygons partly off the image, and the
+    # labeler's empty-mask placeholder (a zero-area triangle at the image corner)
+    assert segmentation_problem({"size": [H, W], "counts": [0, 600, 600]}, H, W) is None
+    assert segmentation_problem([[-5, -5, 10, -5, 10, 10]], H, W, need_pixels=True) is None
+    assert segmentation_problem([[0, 0] * 3], H, W) is None
+    assert "no pixel" in segmentation_problem([[0, 0] * 3], H, W, need_pixels=True)
+    assert "an empty polygon list" == segmentation_problem([], H, W)
+    rle = mask_utils.frPyObjects(GOOD_POLY, H, W)[0]
+    assert segmentation_problem({"size": rle["size"], "counts": rle["counts"].decode()}, H,
+                                W) is None
