@@ -182,3 +182,45 @@ def test_segmentation_check_accepts_what_coco_tools_write():
     rle = mask_utils.frPyObjects(GOOD_POLY, H, W)[0]
     assert segmentation_problem({"size": rle["size"], "counts": rle["counts"].decode()}, H,
                                 W) is None
+
+
+# ------------------------------------------------------- item 2: calibrate needs enough masks
+
+
+def test_calibrate_refuses_fewer_than_ten_masks(tmp_path, capsys):
+    from test_calibrate import _files
+
+    gt, pred = _files(tmp_path)  # 5 GT masks: the old code fitted a rule on them
+    rc, _, err = run_cli(capsys, "calibrate", "--gt", gt, "--pred", pred, "--min-kept-iou",
+                         "0.8", "--out", tmp_path / "rule.yaml")
+    assert rc == 2
+    one_error(err, "calibrate", "only 5 calibration mask(s)", "at least 10")
+    assert not (tmp_path / "rule.yaml").exists()
+
+
+def test_a_threshold_is_never_chosen_on_a_handful_of_masks():
+    from boxcaseg.labeling.calibrate import MIN_KEPT, fit
+
+    # 12 masks; only the best-scored one reaches IoU 0.9: the old fit kept that one mask and
+    # printed a zero-width range (0.950-0.950) as if it were certain
+    scores = np.linspace(1.0, 0.45, 12)
+    ious = np.array([0.95] + [0.5 + 0.02 * k for k in range(11)][::-1])
+    cal = fit(scores, ious, min_kept_iou=0.9)
+    assert cal.chosen.kept >= MIN_KEPT and not cal.reached
+    assert cal.interval is not None and cal.interval[1] - cal.interval[0] > 0.01
+    assert cal.warning is not None and "only 12 calibration masks" in cal.warning
+    cal = fit(scores, ious, keep=0.05)  # "keep at least 5 %": at least MIN_KEPT masks
+    assert cal.chosen.kept == MIN_KEPT
+    many = fit(np.linspace(1, 0, 40), np.linspace(1, 0.4, 40), keep=0.5)
+    assert many.warning is None and many.chosen.kept == 20
+
+
+def test_calibrate_warns_below_thirty_masks(tmp_path, capsys):
+    from test_calibrate import _files
+
+    gt, pred = _files(tmp_path, copies=2)
+    rc, out, err = run_cli(capsys, "calibrate", "--gt", gt, "--pred", pred, "--keep", "0.8",
+                           "--out", tmp_path / "rule.yaml")
+    assert rc == 0, err
+    assert "warning: only 10 calibration masks" in out and "30 or more" in out
+    assert "# warning: only 10 calibration masks" in (tmp_path / "rule.yaml").read_text()

@@ -62,10 +62,13 @@ def _fit(args: argparse.Namespace) -> int:
     cal = fit(signal, ious, min_kept_iou=args.min_kept_iou, keep=args.keep, name=args.signal)
     print(f"{cal.n} calibration masks (GT instances with a proxy mask); mean IoU of all "
           f"{cal.all_mean_iou:.4f}")
+    if cal.warning:
+        print(f"warning: {cal.warning}")
     print(format_curve(cal))
     c = cal.chosen
     if not cal.reached:
-        print(f"no threshold reaches a kept mean IoU of {args.min_kept_iou}; chose the best one")
+        print(f"no threshold that keeps at least {cal.min_kept} masks reaches a kept mean IoU "
+              f"of {args.min_kept_iou}; chose the best one")
     rng = ("" if cal.interval is None else
            f" (90 % bootstrap range {cal.interval[0]:.3f}-{cal.interval[1]:.3f})")
     print(f"rule: keep iff {args.signal} >= {c.threshold:.4f}: keeps {c.kept_fraction:.1%} "
@@ -75,7 +78,9 @@ def _fit(args: argparse.Namespace) -> int:
     header = (f"# boxcaseg calibrate: {args.signal} >= {c.threshold:.6f} fitted on {cal.n} GT "
               f"masks ({args.gt}) for {cal.goal}\n# predicted: keeps {c.kept_fraction:.4f} of "
               f"the masks, mean IoU of the kept {c.kept_mean_iou:.4f}{rng} (all: "
-              f"{cal.all_mean_iou:.4f})\n# use: boxcaseg label --config THIS ...  or  "
+              f"{cal.all_mean_iou:.4f})\n"
+              + (f"# warning: {cal.warning}\n" if cal.warning else "")
+              + "# use: boxcaseg label --config THIS ...  or  "
               "boxcaseg calibrate --apply THIS --pred LABELS.json --out NEW.json\n")
     atomic_write_text(args.out, header + dump_yaml(cfg))
     print(f"wrote {args.out}")
