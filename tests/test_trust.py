@@ -224,3 +224,23 @@ def test_calibrate_warns_below_thirty_masks(tmp_path, capsys):
     assert rc == 0, err
     assert "warning: only 10 calibration masks" in out and "30 or more" in out
     assert "# warning: only 10 calibration masks" in (tmp_path / "rule.yaml").read_text()
+
+
+# ----------------------------------------------------------------- item 4: smaller defects
+
+
+@pytest.mark.parametrize("where", ["annotation", "image"])
+def test_ids_beyond_int64_are_one_line_not_an_overflow(where, tmp_path, capsys):
+    img, boxes = _images(tmp_path), _dataset(tmp_path, GOOD_POLY)
+    data = json.loads(boxes.read_text())
+    big = 2 ** 63
+    if where == "annotation":
+        data["annotations"][1]["id"] = big
+    else:
+        data["images"][1]["id"] = big
+        data["annotations"][1]["image_id"] = big
+    boxes.write_text(json.dumps(data))
+    rc, _, err = run_cli(capsys, "label", "--method", "box", "--images", img, "--boxes", boxes,
+                         "--out", tmp_path / "out.json", "--no-progress")
+    assert rc == 2
+    one_error(err, "label", "boxes.json", f"{where} id {big}", "signed 64-bit", "renumber")
