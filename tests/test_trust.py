@@ -244,3 +244,45 @@ def test_ids_beyond_int64_are_one_line_not_an_overflow(where, tmp_path, capsys):
                          "--out", tmp_path / "out.json", "--no-progress")
     assert rc == 2
     one_error(err, "label", "boxes.json", f"{where} id {big}", "signed 64-bit", "renumber")
+
+
+def _labeled(tmp_path: Path, names=("a.png", "b.png")) -> tuple[Path, Path, Path]:
+    """Images ``names`` (40x30), a box on each, labeled with the filled box."""
+    img = _images(tmp_path, names)
+    data = {"images": [{"id": i + 1, "file_name": n, "width": W, "height": H}
+                       for i, n in enumerate(names)],
+            "annotations": [{"id": i + 1, "image_id": i + 1, "category_id": 1,
+                             "bbox": [2 + i, 2, 20, 15], "iscrowd": 0, "area": 300}
+                            for i in range(len(names))],
+            "categories": [{"id": 1, "name": "c"}]}
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps(data))
+    labels = tmp_path / "labels.json"
+    assert main(["label", "--method", "box", "--images", str(img), "--boxes", str(boxes),
+                 "--out", str(labels), "--no-progress"]) == 0
+    return img, boxes, labels
+
+
+def test_a_failed_write_names_the_file(tmp_path):
+    import resource
+    import subprocess
+    import sys
+
+    _, _, labels = _labeled(tmp_path)
+    rule = tmp_path / "rule.yaml"
+    rule.write_text("drop: false\nmin_score: 0.5\n")
+    out = tmp_path / "new.json"
+    # a file-size limit below the output's size: the write fails with EFBIG, which Python
+    # raises (it ignores SIGXFSZ) without a file name
+    limit = labels.stat().st_size // 2
+    code = ("import resource, sys; from boxcaseg.cli import main; "
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, "
+            f"{resource.getrlimit(resource.RLIMIT_FSIZE)[1]})); "
+            f"sys.exit(main(['calibrate', '--apply', {str(rule)!r}, '--pred', "
+            f"{str(labels)!r}, '--out', {str(out)!r}]))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 1, p.stderr
+    line = one_error(p.stderr, "calibrate", f"{out}: File too large")
+    assert "?:" not in line
+    assert not out.exists() and not list(tmp_path.glob(".new.json.*"))

@@ -48,7 +48,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file.
 
     The result has the mode a plain ``open(path, "w")`` would give: an overwritten file keeps
-    its mode, a new one gets ``0o666 & ~umask`` (``mkstemp`` alone would leave it 0600).
+    its mode, a new one gets ``0o666 & ~umask`` (``mkstemp`` alone would leave it 0600). An OS
+    error of the write (disk full, file too large) names ``path``: a write to an open file
+    raises one without a file name, and "?: File too large" leaves the user guessing.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,6 +65,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         os.close(fd)
         write(tmp_path)
         os.replace(tmp_path, path)
+    except OSError as e:
+        tmp_path.unlink(missing_ok=True)
+        if e.filename is None or str(e.filename) == str(tmp_path):
+            # OSError(errno, ...) gives the errno's subclass (ENOSPC, EFBIG: plain OSError)
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
