@@ -286,3 +286,19 @@ def test_a_failed_write_names_the_file(tmp_path):
     line = one_error(p.stderr, "calibrate", f"{out}: File too large")
     assert "?:" not in line
     assert not out.exists() and not list(tmp_path.glob(".new.json.*"))
+
+
+def test_labelstudio_urls_are_percent_encoded(tmp_path, capsys):
+    from urllib.parse import parse_qs, urlsplit
+
+    name = "a&b #1+x.png"
+    img, _, labels = _labeled(tmp_path, (name, "b.png"))
+    rc, _, err = run_cli(capsys, "export", labels, "--to", "labelstudio", "--ls-mask",
+                         "polygon", "--images", img, "--out", tmp_path / "ls")
+    assert rc == 0, err
+    tasks = json.loads((tmp_path / "ls" / "tasks.json").read_text())
+    url = next(t["data"]["image"] for t in tasks if t["data"]["file_name"] == name)
+    assert url == "/data/local-files/?d=images/a%26b%20%231%2Bx.png"
+    # what the server decodes is the file the export placed
+    d = parse_qs(urlsplit(url).query)["d"]
+    assert d == [f"images/{name}"] and (tmp_path / "ls" / d[0]).is_file()
