@@ -302,3 +302,42 @@ def test_labelstudio_urls_are_percent_encoded(tmp_path, capsys):
     # what the server decodes is the file the export placed
     d = parse_qs(urlsplit(url).query)["d"]
     assert d == [f"images/{name}"] and (tmp_path / "ls" / d[0]).is_file()
+
+
+def test_a_checkpoint_of_other_weights_is_a_short_line(tmp_path, capsys):
+    import torch
+
+    from boxcaseg.config import to_dict
+    from boxcaseg.model.boxcaseg import build_model
+    from boxcaseg.model.config import ModelConfig
+
+    small = ModelConfig(backbone="tf_efficientnet_lite0", pretrained="none", head_channels=16,
+                        transfer_hidden=16)
+    wide = ModelConfig(backbone="resnet18", pretrained="none", head_channels=32,
+                       transfer_hidden=16)
+    torch.save({"model": build_model(small).state_dict(), "model_config": to_dict(wide)},
+               tmp_path / "wrong.pt")
+    img, boxes = _images(tmp_path), _dataset(tmp_path, GOOD_POLY)
+    rc, _, err = run_cli(capsys, "label", "--checkpoint", tmp_path / "wrong.pt", "--images",
+                         img, "--boxes", boxes, "--out", tmp_path / "o.json", "--no-progress")
+    assert rc == 2
+    line = one_error(err, "label", "wrong.pt: weights do not fit the model", "missing",
+                     "unexpected", "of another shape", "backbone resnet18")
+    assert len(line) < 800  # was one line of 17,810 characters
+
+
+def test_load_weights_counts_what_does_not_fit():
+    import torch
+
+    from boxcaseg.engine.checkpoint import load_weights
+    from boxcaseg.errors import DataError
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    state = {"0.weight": torch.zeros(5, 3), "0.bias": torch.zeros(4), "x.weight": torch.zeros(1)}
+    with pytest.raises(DataError) as e:
+        load_weights(model, state, "m.pt", "use the right one")
+    assert str(e.value) == (
+        "m.pt: weights do not fit the model: of its 4 tensors 2 missing (1.weight, 1.bias); "
+        "1 unexpected (x.weight); 1 of another shape (e.g. 0.weight: [5, 3] in the file, "
+        "[4, 3] in the model) (use the right one)")
+    load_weights(model, model.state_dict(), "m.pt", "")  # a fitting one loads
