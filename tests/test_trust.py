@@ -341,3 +341,35 @@ def test_load_weights_counts_what_does_not_fit():
         "1 unexpected (x.weight); 1 of another shape (e.g. 0.weight: [5, 3] in the file, "
         "[4, 3] in the model) (use the right one)")
     load_weights(model, model.state_dict(), "m.pt", "")  # a fitting one loads
+
+
+def test_out_that_is_an_input_is_refused(tmp_path, capsys):
+    img, boxes, labels = _labeled(tmp_path)
+    before = {p: p.read_bytes() for p in (boxes, labels)}
+    rule = tmp_path / "rule.yaml"
+    rule.write_text("drop: false\nmin_score: 0.5\n")
+    (tmp_path / "alias.json").symlink_to(labels)
+    cases = [
+        ("label", ["--method", "box", "--images", img, "--boxes", boxes, "--out", boxes,
+                   "--no-progress"], "--boxes"),
+        ("eval", ["--gt", boxes, "--pred", labels, "--out", labels], "--pred"),
+        ("calibrate", ["--gt", boxes, "--pred", labels, "--keep", "0.5", "--out", labels],
+         "--pred"),
+        ("calibrate", ["--apply", rule, "--pred", tmp_path / "alias.json", "--out", labels],
+         "--pred"),  # the same file by another name
+    ]
+    for command, args, flag in cases:
+        rc, _, err = run_cli(capsys, command, *args)
+        assert rc == 2, (command, err)
+        one_error(err, command, "is also the input", flag, "choose another --out")
+    # merge-labels: --out one of the parts, or the box file the parts name
+    part = tmp_path / "part0.jsonl"
+    assert main(["label", "--method", "box", "--images", str(img), "--boxes", str(boxes),
+                 "--out", str(part), "--shard", "0/1", "--no-progress"]) == 0
+    capsys.readouterr()
+    before[part] = part.read_bytes()
+    for out, what in ((part, "part"), (boxes, "box file")):
+        rc, _, err = run_cli(capsys, "merge-labels", part, "--out", out)
+        assert rc == 2, err
+        one_error(err, "merge-labels", "is also the input", what)
+    assert all(p.read_bytes() == b for p, b in before.items())

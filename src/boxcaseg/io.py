@@ -14,7 +14,7 @@ import os
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -109,16 +109,42 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def check_output_path(path: str | os.PathLike, kind: str = "file") -> Path:
+InputPaths = Iterable[tuple[str, "str | os.PathLike | None"]]  # (what, e.g. "--boxes", path)
+
+
+def check_not_input(path: str | os.PathLike, inputs: InputPaths) -> None:
+    """DataError if the output ``path`` is one of the ``inputs`` (``[("--boxes", path), ...]``,
+    ``None`` paths ignored): the same file by any name (a symlink or hard link too), so a run
+    never overwrites what it reads without a word."""
+    path = Path(path)
+    if not path.exists():
+        return
+    for flag, src in inputs:
+        if src is None or not Path(src).exists():
+            continue
+        try:
+            same = os.path.samefile(path, src)
+        except OSError:
+            same = False
+        if same:
+            raise DataError(f"{path}: is also the input {flag} {src}; writing it would "
+                            "overwrite the input (choose another --out)")
+
+
+def check_output_path(path: str | os.PathLike, kind: str = "file",
+                      inputs: InputPaths | None = None) -> Path:
     """Check up front, before any long work, that ``path`` can be written as ``kind``.
 
     ``kind="file"``: ``path`` is not a directory and its parent is (or can be made) a writable
-    directory. ``kind="dir"``: ``path`` is (or can be made) a writable directory, not a file.
-    Raises DataError naming the path and what to do; creates missing parent folders.
+    directory, and it is none of ``inputs`` (:func:`check_not_input`). ``kind="dir"``:
+    ``path`` is (or can be made) a writable directory, not a file. Raises DataError naming the
+    path and what to do; creates missing parent folders.
     """
     if kind not in ("file", "dir"):
         raise ValueError(f"kind must be 'file' or 'dir', got {kind!r}")
     path = Path(path)
+    if inputs:
+        check_not_input(path, inputs)
     if kind == "file" and path.is_dir():
         raise DataError(f"{path}: is a directory, but an output file is expected (give a file "
                         "name, e.g. out.json)")

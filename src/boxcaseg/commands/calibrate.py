@@ -109,4 +109,9 @@ def _apply(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from boxcaseg.io import check_output_path
+
+    # before reading anything; a rule YAML written over the labels file would lose them
+    check_output_path(args.out, inputs=[("--pred", args.pred), ("--gt", args.gt),
+                                        ("--apply", args.apply)])
     return _apply(args) if args.apply else _fit(args)

@@ -52,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
     from boxcaseg.io import check_output_path, remove_stale_temp_files
     from boxcaseg.runlock import OutputLock
 
-    out = check_output_path(args.out, kind="file")  # before reading and scoring anything
+    # before reading and scoring anything
+    out = check_output_path(args.out, kind="file",
+                            inputs=[("--gt", args.gt), ("--pred", args.pred)])
     with OutputLock(out.resolve(), "boxcaseg eval"):
         remove_stale_temp_files(out)  # left by a killed run
         return _run(args)

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"{args.images}: image folder not found (--images is the folder the "
                         "COCO file_name entries are relative to)")
     from boxcaseg.io import check_output_path
-    check_output_path(args.out)  # before hours of labeling, not after
+    check_output_path(args.out, inputs=[("--boxes", args.boxes)])  # before hours of labeling
     # input errors first, before any process group or model
     coco = _load_data(args, cfg.keep_gt_masks)
     boxes = BoxInput.from_coco(coco, keep_gt_masks=cfg.keep_gt_masks)

@@ -35,8 +35,9 @@ def run(args: argparse.Namespace) -> int:
                                           read_part_header, write_output)
     from boxcaseg.runlock import OutputLock
 
-    from boxcaseg.io import check_output_path
-    check_output_path(args.out)
+    from boxcaseg.io import check_not_input, check_output_path
+    check_output_path(args.out, inputs=[*(("part", p) for p in args.parts),
+                                        ("--boxes", args.boxes)])
     for p in args.parts:
         if not Path(p).is_file():
             raise DataError(f"{p}: part file not found")
@@ -45,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if not Path(source).is_file():
         raise DataError(f"{source}: the input box file of these parts is not there (pass "
                         "--boxes with its new location)")
+    check_not_input(args.out, [("box file (named in the parts)", source)])
     # GT masks kept as the labeling run did (parts from before keep_gt_masks labeled all)
     keep_gt = bool(header["config"].get("keep_gt_masks", False))
     boxes = BoxInput.from_coco(load_coco(source, masks="gt" if keep_gt else None),
