@@ -373,3 +373,17 @@ def test_out_that_is_an_input_is_refused(tmp_path, capsys):
         assert rc == 2, err
         one_error(err, "merge-labels", "is also the input", what)
     assert all(p.read_bytes() == b for p, b in before.items())
+
+
+def test_export_with_missing_images_names_them_and_writes_nothing(tmp_path, capsys):
+    img, _, labels = _labeled(tmp_path, ("a.png", "b.png", "c.png", "d.png", "e.png"))
+    for n in ("b.png", "c.png", "d.png", "e.png"):
+        (img / n).unlink()
+    for to in ("cvat", "fiftyone", "labelstudio"):
+        out = tmp_path / f"exp_{to}"
+        rc, _, err = run_cli(capsys, "export", labels, "--to", to, "--ls-mask", "polygon",
+                             "--images", img, "--out", out)
+        assert rc == 2
+        one_error(err, "export", "image file not found for 4 of 5 image(s)", "nothing was exported",
+                  "--images")
+        assert not [p for p in out.rglob("*") if p.is_file()], to
