@@ -387,3 +387,23 @@ def test_export_with_missing_images_names_them_and_writes_nothing(tmp_path, caps
         one_error(err, "export", "image file not found for 4 of 5 image(s)", "nothing was exported",
                   "--images")
         assert not [p for p in out.rglob("*") if p.is_file()], to
+
+
+def test_an_empty_report_has_no_raw_warnings(tmp_path, capsys):
+    import warnings
+
+    img, boxes = _images(tmp_path), tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png", "width": W,
+                                             "height": H}], "annotations": [],
+                                 "categories": [{"id": 1, "name": "c"}]}))
+    labels = tmp_path / "labels.json"
+    assert main(["label", "--method", "box", "--images", str(img), "--boxes", str(boxes),
+                 "--out", str(labels), "--no-progress"]) == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc, _, err = run_cli(capsys, "report", labels, "--images", img, "--out",
+                             tmp_path / "rep", "--no-progress")
+    assert rc == 0, err
+    assert not [str(w.message) for w in caught], [str(w.message) for w in caught]
+    assert "Warning" not in err
+    assert (tmp_path / "rep" / "index.html").is_file()
