@@ -407,3 +407,23 @@ def test_an_empty_report_has_no_raw_warnings(tmp_path, capsys):
     assert not [str(w.message) for w in caught], [str(w.message) for w in caught]
     assert "Warning" not in err
     assert (tmp_path / "rep" / "index.html").is_file()
+
+
+def test_voc_size_mismatch_names_the_xml_file(tmp_path, capsys):
+    voc = tmp_path / "voc"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (voc / sub).mkdir(parents=True)
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(voc / "JPEGImages" / "2007_000001.jpg")
+    (voc / "Annotations" / "2007_000001.xml").write_text(
+        "<annotation><filename>2007_000001.jpg</filename><size><width>50</width><height>40"
+        "</height><depth>3</depth></size><object><name>cat</name><bndbox><xmin>2</xmin>"
+        "<ymin>2</ymin><xmax>20</xmax><ymax>20</ymax></bndbox></object></annotation>")
+    (voc / "ImageSets" / "Main" / "train.txt").write_text("2007_000001\n")
+    rc, _, err = run_cli(capsys, "label", "--method", "box", "--voc", voc, "--out",
+                         tmp_path / "out.json", "--no-progress")
+    assert rc == 2
+    line = one_error(err, "label", "2007_000001.jpg: image is 40x30 on disk but 50x40 in",
+                     "2007_000001.xml <size>", "fix <width>/<height> in 2007_000001.xml",
+                     "JPEGImages")
+    assert "JSON" not in line and "--images" not in line
+    assert not (tmp_path / "out.json").exists()

@@ -262,9 +262,11 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 
 
 def size_mismatch_message(path: str | os.PathLike, disk_wh: tuple[int, int],
-                          want_wh: tuple[int, int], where: str) -> str:
+                          want_wh: tuple[int, int], where: str,
+                          fix: str = "fix width/height there, or the file_name") -> str:
     """One line for an image whose upright size differs from its annotation's, with the EXIF
-    explanation when the annotation has the stored (un-rotated) size of a rotated photo."""
+    explanation when the annotation has the stored (un-rotated) size of a rotated photo.
+    ``where`` names the annotation file, ``fix`` what to do (default: COCO JSON wording)."""
     (dw, dh), (ww, wh) = disk_wh, want_wh
     msg = f"{path}: image is {dw}x{dh} on disk but {ww}x{wh} in {where}"
     try:
@@ -279,7 +281,7 @@ def size_mismatch_message(path: str | os.PathLike, disk_wh: tuple[int, int],
                 f"remove the tag, e.g. exiftool -Orientation= -n FILE)")
     if orientation != 1:
         return f"{msg} (its EXIF orientation tag is {orientation}; boxcaseg applies it)"
-    return f"{msg} (fix width/height there, or the file_name)"
+    return f"{msg} ({fix})"
 
 
 def read_mask_png(path: str | os.PathLike) -> np.ndarray:
