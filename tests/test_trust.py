@@ -96,6 +96,20 @@ def test_label_refuses_a_bad_gt_mask_before_any_work(segm, needle, tmp_path, cap
     assert by_id[7]["mask_source"] == "box"
 
 
+def test_the_mask_of_a_skipped_box_is_not_checked(tmp_path, capsys):
+    # COCO train2017's annotation 918: a zero-height box with a polygon that covers no pixel;
+    # the reader skips the box, so its mask is never used and must not stop the run
+    img, boxes = _images(tmp_path), _dataset(tmp_path, GOOD_POLY)
+    data = json.loads(boxes.read_text())
+    data["annotations"][0].update(bbox=[2, 2, 1.03, 0.0], segmentation=[[2, 2, 2, 2, 3, 2, 3, 2]])
+    boxes.write_text(json.dumps(data))
+    rc, _, err = run_cli(capsys, "label", "--method", "box", "--images", img, "--boxes", boxes,
+                         "--out", tmp_path / "out.json", "--no-progress")
+    assert rc == 0, err
+    by_id = {a["id"]: a for a in json.loads((tmp_path / "out.json").read_text())["annotations"]}
+    assert by_id[7]["segmentation"] == [[2, 2, 2, 2, 3, 2, 3, 2]]  # passed through as given
+
+
 def _labels_file(tmp_path: Path, segm, other_box: bool) -> tuple[Path, Path, Path]:
     """A labels file as ``label`` wrote it before issue 19: annotation 7's bad GT mask passed
     through as ``mask_source: gt``."""

@@ -192,13 +192,19 @@ def check_masks(coco: CocoData, which: str) -> None:
     ``which``: ``"gt"`` the user-given masks among the boxes of a ``label`` input
     (:func:`is_gt_annotation`; each must cover a pixel), ``"truth"`` every segmentation of a
     ground-truth file (``eval`` / ``report`` / ``calibrate --gt``; crowd regions included),
-    ``"labels"`` every segmentation of a labels file (``report`` / ``export``).
+    ``"labels"`` every segmentation of a labels file (``report`` / ``export``). Annotations
+    the reader skipped (zero-size boxes and the like) are not checked: they pass through
+    untouched and their masks are never used (COCO's own train2017 has such a box, id 918,
+    whose polygon covers no pixel).
     """
     if which not in MASK_CHECKS:
         raise ValueError(f"which must be one of {MASK_CHECKS}, got {which!r}")
     images = coco.image_by_id()
+    used = {b.id for im in coco.images for b in im.annotations}
     bad: list[tuple[Any, Any, str]] = []
     for a in coco.raw["annotations"]:
+        if int(a["id"]) not in used:
+            continue
         segm = a.get("segmentation")
         if which == "gt":
             if not is_gt_annotation(a):
