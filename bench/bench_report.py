@@ -55,7 +55,7 @@ def main() -> None:
     from boxcaseg.labeling.config import LabelConfig
     from boxcaseg.labeling.job.run import label_dataset
     from boxcaseg.report.build import make_report
-    from boxcaseg.labeling.schema import load_labels
+    from boxcaseg.labeling.review import load_labels
 
     work = Path(args.work)
     if work.exists():

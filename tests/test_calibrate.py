@@ -19,6 +19,8 @@ from boxcaseg.structures import mask_to_rle
 # five masks, best score first; true IoUs not monotone in the score
 SCORES = [0.9, 0.8, 0.7, 0.6, 0.5]
 IOUS = [0.9, 0.85, 0.8, 0.4, 0.3]
+# the curve logic by hand, on five masks: below the sample-size floors a real fit enforces
+HAND = {"min_masks": 1, "min_kept": 1}
 
 
 def test_curve_by_hand():
@@ -31,21 +33,21 @@ def test_curve_by_hand():
 
 
 def test_fit_min_kept_iou_and_keep_by_hand():
-    c = fit(SCORES, IOUS, min_kept_iou=0.8)
+    c = fit(SCORES, IOUS, min_kept_iou=0.8, **HAND)
     assert c.chosen.threshold == 0.7 and c.chosen.kept == 3
     assert c.chosen.kept_mean_iou == pytest.approx(0.85)
     assert c.rule() == {"drop": False, "min_score": 0.7}
     lo, hi = c.interval  # bootstrap range of the kept mean: inside the kept IoUs' span
     assert 0.8 <= lo < 0.85 < hi <= 0.9
-    c = fit(SCORES, IOUS, keep=0.8)
+    c = fit(SCORES, IOUS, keep=0.8, **HAND)
     assert c.chosen.threshold == 0.6 and c.chosen.kept_mean_iou == pytest.approx(0.7375)
     # 0.7 is reached only by keeping everything after a dip (0.65 < 0.7375): the largest kept
     # set whose mean clears the goal wins
-    c = fit(SCORES, IOUS, min_kept_iou=0.7)
+    c = fit(SCORES, IOUS, min_kept_iou=0.7, **HAND)
     assert c.chosen.kept == 4
-    c = fit(SCORES, IOUS, min_kept_iou=0.95)
+    c = fit(SCORES, IOUS, min_kept_iou=0.95, **HAND)
     assert not c.reached and c.chosen.kept == 1
-    c = fit(SCORES, IOUS, keep=0.8, name="proxy_iou")
+    c = fit(SCORES, IOUS, keep=0.8, name="proxy_iou", **HAND)
     assert c.rule() == {"drop": True, "drop_iou": 0.6, "min_score": None}
     with pytest.raises(ConfigError):
         fit(SCORES, IOUS)
@@ -61,10 +63,12 @@ def test_rule_ignores():
     assert rule_ignores(10, 0.9, None, LabelConfig(drop_iou=0.95)) is True
 
 
-def _files(tmp_path):
-    """One 40x40 image, 5 objects; predictions whose IoUs are IOUS exactly, scores SCORES."""
+def _files(tmp_path, copies=1):
+    """``copies`` 40x40 images, 5 objects each; predictions whose IoUs are IOUS exactly,
+    scores SCORES (the same curve for any number of copies)."""
     gt_anns, pred_anns = [], []
-    for i, (s, iou) in enumerate(zip(SCORES, IOUS)):
+    for c, i in ((c, i) for c in range(copies) for i in range(len(SCORES))):
+        s, iou = SCORES[i], IOUS[i]
         g = np.zeros((40, 40), bool)
         g[8 * i:8 * i + 5, 0:20] = True          # 100 px
         p = np.zeros_like(g)
@@ -72,13 +76,15 @@ def _files(tmp_path):
         rows, cols = np.nonzero(g)
         p[rows[:n], cols[:n]] = True
         box = [0, 8 * i, 20, 5]
-        gt_anns.append({"id": i + 1, "image_id": 1, "category_id": 1, "bbox": box,
+        aid = 5 * c + i + 1
+        gt_anns.append({"id": aid, "image_id": c + 1, "category_id": 1, "bbox": box,
                         "iscrowd": 0, "area": 100, "segmentation": mask_to_rle(g)})
-        pred_anns.append({"id": i + 1, "image_id": 1, "category_id": 1, "bbox": box,
+        pred_anns.append({"id": aid, "image_id": c + 1, "category_id": 1, "bbox": box,
                           "iscrowd": 0, "area": n, "segmentation": mask_to_rle(p),
                           "ignore_mask": False, "proxy_iou": 1.0, "score": s,
                           "mask_source": "boxcaseg"})
-    base = {"images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 40}],
+    base = {"images": [{"id": c + 1, "file_name": f"{c}.png", "width": 40, "height": 40}
+                       for c in range(copies)],
             "categories": [{"id": 1, "name": "x"}]}
     gt, pred = tmp_path / "gt.json", tmp_path / "pred.json"
     gt.write_text(json.dumps({**base, "annotations": gt_anns}))
@@ -88,7 +94,7 @@ def _files(tmp_path):
 
 
 def test_cli_fit_apply_and_consumers(tmp_path, capsys):
-    gt, pred = _files(tmp_path)
+    gt, pred = _files(tmp_path, copies=2)  # 10 masks: the least calibrate fits a rule on
     rule = tmp_path / "rule.yaml"
     assert cli_main(["calibrate", "--gt", str(gt), "--pred", str(pred), "--min-kept-iou",
                      "0.8", "--out", str(rule)]) == 0
@@ -102,7 +108,8 @@ def test_cli_fit_apply_and_consumers(tmp_path, capsys):
     assert cli_main(["calibrate", "--apply", str(rule), "--pred", str(pred),
                      "--out", str(new)]) == 0
     labels = json.loads(new.read_text())
-    assert [a["ignore_mask"] for a in labels["annotations"]] == [False, False, False, True, True]
+    assert [a["ignore_mask"] for a in labels["annotations"]] == [False, False, False, True,
+                                                                  True] * 2
     # eval --only-kept scores exactly the kept ones
     kept = mask_quality(json.loads(gt.read_text()), labels, only_kept=True)
     assert kept["mean_iou"] == pytest.approx(0.85)

@@ -21,7 +21,7 @@ from boxcaseg.export.cvat import export_cvat
 from boxcaseg.export.fiftyone import export_fiftyone
 from boxcaseg.export.labelstudio import export_labelstudio
 from boxcaseg.io import read_json
-from boxcaseg.labeling.schema import load_labels, worst_first
+from boxcaseg.labeling.review import load_labels, worst_first
 from boxcaseg.structures import segmentation_to_mask
 
 # FiftyOne reads this at import; it must never try to reach its usage tracker

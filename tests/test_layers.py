@@ -15,6 +15,19 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _runtime_nodes(tree: ast.AST):
+    """Every node but those under ``if TYPE_CHECKING:`` (annotations only, never imported)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and getattr(child.test, "id", None) == "TYPE_CHECKING":
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
+
+
 def _graph() -> dict[str, set[str]]:
     """Module -> the boxcaseg modules it imports, at module level or inside functions
     (a lazy import is still a dependency). Package ``__init__`` files that only re-export
@@ -25,7 +38,7 @@ def _graph() -> dict[str, set[str]]:
         if path.name == "__init__.py":
             continue
         deps: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in _runtime_nodes(ast.parse(path.read_text())):
             targets: list[str] = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
@@ -82,8 +95,8 @@ def test_labeling_layers_import_only_downwards(low):
         if rest is None:
             return None
         head = rest.split(".")[0]
-        head = {"predictor": "sources", "fused": "sources", "score": "postprocess",
-                "config": "schema"}.get(head, head)
+        head = {"predictor": "sources", "fused": "sources", "refine": "sources",
+                "score": "postprocess", "config": "schema", "review": "labeler"}.get(head, head)
         return LAYERS.index(head) if head in LAYERS else None
 
     for mod, deps in graph.items():

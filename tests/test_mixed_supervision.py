@@ -271,7 +271,7 @@ def test_fixed_gt_merge_on_box_masks_equals_the_full_image_reference():
 
 
 def test_report_and_export_read_the_labelers_score(tmp_path):
-    from boxcaseg.labeling.schema import load_labels
+    from boxcaseg.labeling.review import load_labels
 
     path, root, _ = _dataset(tmp_path)
     out = tmp_path / "labels.json"

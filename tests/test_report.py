@@ -18,7 +18,8 @@ from boxcaseg.evaluation.instance_iou import instance_ious
 from boxcaseg.io import read_json
 from boxcaseg.report.build import make_report
 from boxcaseg.report.gallery import crop_window, render_panel
-from boxcaseg.labeling.schema import instance_score, load_label_sets, load_labels, worst_first
+from boxcaseg.labeling.review import load_label_sets, load_labels, worst_first
+from boxcaseg.labeling.schema import instance_score
 
 
 class _Page(HTMLParser):

@@ -14,7 +14,7 @@ import os
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file.
 
     The result has the mode a plain ``open(path, "w")`` would give: an overwritten file keeps
-    its mode, a new one gets ``0o666 & ~umask`` (``mkstemp`` alone would leave it 0600).
+    its mode, a new one gets ``0o666 & ~umask`` (``mkstemp`` alone would leave it 0600). An OS
+    error of the write (disk full, file too large) names ``path``: a write to an open file
+    raises one without a file name, and "?: File too large" leaves the user guessing.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,6 +65,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         os.close(fd)
         write(tmp_path)
         os.replace(tmp_path, path)
+    except OSError as e:
+        tmp_path.unlink(missing_ok=True)
+        if e.filename is None or str(e.filename) == str(tmp_path):
+            # OSError(errno, ...) gives the errno's subclass (ENOSPC, EFBIG: plain OSError)
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -101,16 +109,42 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def check_output_path(path: str | os.PathLike, kind: str = "file") -> Path:
+InputPaths = Iterable[tuple[str, "str | os.PathLike | None"]]  # (what, e.g. "--boxes", path)
+
+
+def check_not_input(path: str | os.PathLike, inputs: InputPaths) -> None:
+    """DataError if the output ``path`` is one of the ``inputs`` (``[("--boxes", path), ...]``,
+    ``None`` paths ignored): the same file by any name (a symlink or hard link too), so a run
+    never overwrites what it reads without a word."""
+    path = Path(path)
+    if not path.exists():
+        return
+    for flag, src in inputs:
+        if src is None or not Path(src).exists():
+            continue
+        try:
+            same = os.path.samefile(path, src)
+        except OSError:
+            same = False
+        if same:
+            raise DataError(f"{path}: is also the input {flag} {src}; writing it would "
+                            "overwrite the input (choose another --out)")
+
+
+def check_output_path(path: str | os.PathLike, kind: str = "file",
+                      inputs: InputPaths | None = None) -> Path:
     """Check up front, before any long work, that ``path`` can be written as ``kind``.
 
     ``kind="file"``: ``path`` is not a directory and its parent is (or can be made) a writable
-    directory. ``kind="dir"``: ``path`` is (or can be made) a writable directory, not a file.
-    Raises DataError naming the path and what to do; creates missing parent folders.
+    directory, and it is none of ``inputs`` (:func:`check_not_input`). ``kind="dir"``:
+    ``path`` is (or can be made) a writable directory, not a file. Raises DataError naming the
+    path and what to do; creates missing parent folders.
     """
     if kind not in ("file", "dir"):
         raise ValueError(f"kind must be 'file' or 'dir', got {kind!r}")
     path = Path(path)
+    if inputs:
+        check_not_input(path, inputs)
     if kind == "file" and path.is_dir():
         raise DataError(f"{path}: is a directory, but an output file is expected (give a file "
                         "name, e.g. out.json)")
@@ -228,9 +262,11 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 
 
 def size_mismatch_message(path: str | os.PathLike, disk_wh: tuple[int, int],
-                          want_wh: tuple[int, int], where: str) -> str:
+                          want_wh: tuple[int, int], where: str,
+                          fix: str = "fix width/height there, or the file_name") -> str:
     """One line for an image whose upright size differs from its annotation's, with the EXIF
-    explanation when the annotation has the stored (un-rotated) size of a rotated photo."""
+    explanation when the annotation has the stored (un-rotated) size of a rotated photo.
+    ``where`` names the annotation file, ``fix`` what to do (default: COCO JSON wording)."""
     (dw, dh), (ww, wh) = disk_wh, want_wh
     msg = f"{path}: image is {dw}x{dh} on disk but {ww}x{wh} in {where}"
     try:
@@ -245,7 +281,7 @@ def size_mismatch_message(path: str | os.PathLike, disk_wh: tuple[int, int],
                 f"remove the tag, e.g. exiftool -Orientation= -n FILE)")
     if orientation != 1:
         return f"{msg} (its EXIF orientation tag is {orientation}; boxcaseg applies it)"
-    return f"{msg} (fix width/height there, or the file_name)"
+    return f"{msg} ({fix})"
 
 
 def read_mask_png(path: str | os.PathLike) -> np.ndarray:

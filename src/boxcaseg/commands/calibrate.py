@@ -43,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _fit(args: argparse.Namespace) -> int:
     from boxcaseg.config import dump_yaml
+    from boxcaseg.data.coco import parse_coco
     from boxcaseg.io import atomic_write_text, read_json
     from boxcaseg.labeling.calibrate import calibration_pairs, fit, format_curve, rule_config
     from boxcaseg.labeling.schema import label_info, read_labels
@@ -53,14 +54,21 @@ def _fit(args: argparse.Namespace) -> int:
     if args.min_kept_iou is None and args.keep is None:
         raise ConfigError("give a goal: --min-kept-iou X (e.g. 0.75) or --keep F (e.g. 0.8)")
     pred = read_labels(args.pred)
-    ids, signal, ious = calibration_pairs(read_json(args.gt), pred, args.signal)
+    gt = read_json(args.gt)
+    # the human masks (and the proxies) are checked before any IoU is computed from them
+    parse_coco(gt, str(args.gt), masks="truth")
+    parse_coco(pred, str(args.pred), masks="labels")
+    ids, signal, ious = calibration_pairs(gt, pred, args.signal)
     cal = fit(signal, ious, min_kept_iou=args.min_kept_iou, keep=args.keep, name=args.signal)
     print(f"{cal.n} calibration masks (GT instances with a proxy mask); mean IoU of all "
           f"{cal.all_mean_iou:.4f}")
+    if cal.warning:
+        print(f"warning: {cal.warning}")
     print(format_curve(cal))
     c = cal.chosen
     if not cal.reached:
-        print(f"no threshold reaches a kept mean IoU of {args.min_kept_iou}; chose the best one")
+        print(f"no threshold that keeps at least {cal.min_kept} masks reaches a kept mean IoU "
+              f"of {args.min_kept_iou}; chose the best one")
     rng = ("" if cal.interval is None else
            f" (90 % bootstrap range {cal.interval[0]:.3f}-{cal.interval[1]:.3f})")
     print(f"rule: keep iff {args.signal} >= {c.threshold:.4f}: keeps {c.kept_fraction:.1%} "
@@ -70,7 +78,9 @@ def _fit(args: argparse.Namespace) -> int:
     header = (f"# boxcaseg calibrate: {args.signal} >= {c.threshold:.6f} fitted on {cal.n} GT "
               f"masks ({args.gt}) for {cal.goal}\n# predicted: keeps {c.kept_fraction:.4f} of "
               f"the masks, mean IoU of the kept {c.kept_mean_iou:.4f}{rng} (all: "
-              f"{cal.all_mean_iou:.4f})\n# use: boxcaseg label --config THIS ...  or  "
+              f"{cal.all_mean_iou:.4f})\n"
+              + (f"# warning: {cal.warning}\n" if cal.warning else "")
+              + "# use: boxcaseg label --config THIS ...  or  "
               "boxcaseg calibrate --apply THIS --pred LABELS.json --out NEW.json\n")
     atomic_write_text(args.out, header + dump_yaml(cfg))
     print(f"wrote {args.out}")
@@ -100,4 +110,9 @@ def _apply(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from boxcaseg.io import check_output_path
+
+    # before reading anything; a rule YAML written over the labels file would lose them
+    check_output_path(args.out, inputs=[("--pred", args.pred), ("--gt", args.gt),
+                                        ("--apply", args.apply)])
     return _apply(args) if args.apply else _fit(args)

@@ -52,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
     from boxcaseg.io import check_output_path, remove_stale_temp_files
     from boxcaseg.runlock import OutputLock
 
-    out = check_output_path(args.out, kind="file")  # before reading and scoring anything
+    # before reading and scoring anything
+    out = check_output_path(args.out, kind="file",
+                            inputs=[("--gt", args.gt), ("--pred", args.pred)])
     with OutputLock(out.resolve(), "boxcaseg eval"):
         remove_stale_temp_files(out)  # left by a killed run
         return _run(args)
@@ -63,7 +65,7 @@ def _run(args: argparse.Namespace) -> int:
     from boxcaseg.evaluation import report
     from boxcaseg.io import atomic_write_json, read_json
 
-    gt = parse_coco(read_json(args.gt), str(args.gt))
+    gt = parse_coco(read_json(args.gt), str(args.gt), masks="truth")
     pred = read_json(args.pred)
     kind = args.kind or detect_kind(pred, str(args.pred))
     metrics: dict[str, Any] = {"kind": kind, "gt": str(args.gt), "pred": str(args.pred)}
@@ -71,7 +73,8 @@ def _run(args: argparse.Namespace) -> int:
         from boxcaseg.evaluation.instance_iou import mask_quality
         if not isinstance(pred, dict):
             raise DataError(f"{args.pred}: --kind masks needs a COCO dict with 'annotations'")
-        pred_coco = parse_coco(pred, str(args.pred))  # same validation as every other input
+        # same validation as every other input
+        pred_coco = parse_coco(pred, str(args.pred), masks="labels")
         q = mask_quality(gt, pred_coco, only_kept=args.only_kept)
         metrics.update(q)
         print(report.format_quality(q))

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from boxcaseg.export import cvat, fiftyone, labelstudio
     from boxcaseg.io import remove_stale_temp_files
-    from boxcaseg.labeling.schema import load_labels
+    from boxcaseg.labeling.review import load_labels
 
     out = Path(args.out)
     # left by a killed run

@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="LabelConfig overrides, e.g. crop_size=256 drop_iou=0.9")
 
 
-def _load_data(args: argparse.Namespace):
+def _load_data(args: argparse.Namespace, keep_gt_masks: bool = True):
     if args.voc:
         if args.boxes or args.images:
             raise ConfigError("--voc replaces --boxes/--images; give one or the other")
@@ -59,7 +59,8 @@ def _load_data(args: argparse.Namespace):
     if not args.boxes or not args.images:
         raise ConfigError("give --boxes in.json and --images DIR (or --voc VOC_ROOT)")
     from boxcaseg.data.coco import load_coco
-    return load_coco(args.boxes, args.images)
+    # GT masks that will be passed through are checked now, with the boxes, before any work
+    return load_coco(args.boxes, args.images, masks="gt" if keep_gt_masks else None)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -92,9 +93,9 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"{args.images}: image folder not found (--images is the folder the "
                         "COCO file_name entries are relative to)")
     from boxcaseg.io import check_output_path
-    check_output_path(args.out)  # before hours of labeling, not after
+    check_output_path(args.out, inputs=[("--boxes", args.boxes)])  # before hours of labeling
     # input errors first, before any process group or model
-    coco = _load_data(args)
+    coco = _load_data(args, cfg.keep_gt_masks)
     boxes = BoxInput.from_coco(coco, keep_gt_masks=cfg.keep_gt_masks)
     del coco  # the compact form is all labeling needs
     info = init_distributed(cfg.device, timeout=DIST_TIMEOUT)

@@ -36,8 +36,9 @@ def run(args: argparse.Namespace) -> int:
     from boxcaseg.labeling.job.parts import read_part_header
     from boxcaseg.runlock import OutputLock
 
-    from boxcaseg.io import check_output_path
-    check_output_path(args.out)
+    from boxcaseg.io import check_not_input, check_output_path
+    check_output_path(args.out, inputs=[*(("part", p) for p in args.parts),
+                                        ("--boxes", args.boxes)])
     for p in args.parts:
         if not Path(p).is_file():
             raise DataError(f"{p}: part file not found")
@@ -46,9 +47,11 @@ def run(args: argparse.Namespace) -> int:
     if not Path(source).is_file():
         raise DataError(f"{source}: the input box file of these parts is not there (pass "
                         "--boxes with its new location)")
+    check_not_input(args.out, [("box file (named in the parts)", source)])
     # GT masks kept as the labeling run did (parts from before keep_gt_masks labeled all)
-    boxes = BoxInput.from_coco(load_coco(source),
-                               keep_gt_masks=bool(header["config"].get("keep_gt_masks", False)))
+    keep_gt = bool(header["config"].get("keep_gt_masks", False))
+    boxes = BoxInput.from_coco(load_coco(source, masks="gt" if keep_gt else None),
+                               keep_gt_masks=keep_gt)
     with OutputLock(args.out, "boxcaseg merge-labels"):
         index = index_parts(args.parts, boxes)
         if index.all_failed:

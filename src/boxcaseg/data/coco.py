@@ -9,10 +9,14 @@ field, and exposes a validated, typed view (``CocoData.images``) for the stages:
 * zero or negative width/height in the file, a width or height below one pixel
   (``sub_pixel_box``), or a box lying wholly outside its image -> skipped, listed in
   ``skipped`` with the reason, counted in ``report``, warned;
-* malformed entries (not an object, non-integer or quoted ("1") ids, non-finite or boolean
-  box values, duplicate image / annotation / category ids) -> ``DataError``;
+* malformed entries (not an object, non-integer or quoted ("1") ids, ids outside the signed
+  64-bit range, non-finite or boolean box values, duplicate image / annotation / category
+  ids) -> ``DataError``;
 * ``iscrowd`` annotations stay in the view (``BoxAnnotation.iscrowd``); training excludes them
-  and evaluation handles them as COCO does.
+  and evaluation handles them as COCO does;
+* ``masks=`` ``"gt"`` / ``"truth"`` / ``"labels"``: the masks are checked too
+  (:func:`boxcaseg.data.gt_masks.check_masks`): a malformed one -> ``DataError`` naming the
+  annotation, its image and what to do.
 """
 
 from __future__ import annotations
@@ -75,6 +79,9 @@ def _require(obj: dict[str, Any], keys: tuple[str, ...], what: str, source: str)
         raise DataError(f"{source}: {what} is missing key(s) {missing}")
 
 
+_INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+
+
 def _int_id(value: Any, what: str, source: str) -> int:
     # a JSON string "1" is not an id: COCO tools would not match it to the integer 1
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -83,7 +90,12 @@ def _int_id(value: Any, what: str, source: str) -> int:
     as_float = float(value)
     if not math.isfinite(as_float) or as_float != int(as_float):
         raise DataError(f"{source}: {what} must be an integer, got {value!r}")
-    return int(as_float)
+    number = int(value) if isinstance(value, int) else int(as_float)  # exact for big ints
+    if not _INT64_MIN <= number <= _INT64_MAX:
+        # the labeler keeps ids in int64 arrays, as numpy / torch / pycocotools users do
+        raise DataError(f"{source}: {what} {value!r} does not fit a signed 64-bit integer "
+                        f"(it must lie in -2**63 .. 2**63-1; renumber it)")
+    return number
 
 
 def _objects(data: dict[str, Any], key: str, source: str) -> list[dict[str, Any]]:
@@ -95,7 +107,7 @@ def _objects(data: dict[str, Any], key: str, source: str) -> list[dict[str, Any]
 
 
 def parse_coco(data: Any, source: str = "<memory>", image_root: str | os.PathLike | None = None,
-               check_images: bool = False) -> CocoData:
+               check_images: bool = False, masks: str | None = None) -> CocoData:
     if not isinstance(data, dict):
         raise DataError(f"{source}: top level must be a JSON object, got {type(data).__name__}")
     for key in ("images", "annotations", "categories"):
@@ -185,10 +197,13 @@ def parse_coco(data: Any, source: str = "<memory>", image_root: str | os.PathLik
             segmentation=a.get("segmentation") or None))
     result.report["images"] = len(result.images)
     result.report["annotations"] = result.num_annotations
+    if masks is not None:
+        from boxcaseg.data.gt_masks import check_masks  # cv2 & co. only when masks matter
+        check_masks(result, masks)
     return result
 
 
 def load_coco(json_path: str | os.PathLike, image_root: str | os.PathLike | None = None, *,
-              check_images: bool = False) -> CocoData:
+              check_images: bool = False, masks: str | None = None) -> CocoData:
     """Read and validate a COCO JSON file (boxes; masks optional). See module docstring."""
-    return parse_coco(read_json(json_path), str(json_path), image_root, check_images)
+    return parse_coco(read_json(json_path), str(json_path), image_root, check_images, masks)

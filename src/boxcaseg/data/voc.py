@@ -16,8 +16,9 @@ Conventions (see :mod:`boxcaseg.structures`):
   JSON made from the same VOC tree, so box / GT / proxy files agree); any other naming falls
   back to 1-based positions in the sorted id list. The original id is kept as ``voc_id``.
 * Category ids are 1..K in ``class_names`` order (1..20 in :data:`VOC_CLASSES` order).
-* Missing ``JPEGImages/<file>``: a :class:`~boxcaseg.errors.DataError` naming the path, raised
-  while loading (a stat per image, cheap), unless ``check_files=False``.
+* Missing ``JPEGImages/<file>``, or one whose upright size differs from the XML's ``<size>``:
+  a :class:`~boxcaseg.errors.DataError` naming the XML file and the image, raised while
+  loading (a stat and a header read per image, cheap), unless ``check_files=False``.
 
 With ``with_masks=True`` each image also needs ``SegmentationObject/<id>.png`` (palette
 indices: instance ``i = 1..K``, 0 background, 255 void) and ``SegmentationClass/<id>.png``
@@ -53,7 +54,7 @@ from scipy.optimize import linear_sum_assignment
 
 from boxcaseg.data.coco import CocoData, parse_coco
 from boxcaseg.errors import DataError
-from boxcaseg.io import image_size, read_mask_png
+from boxcaseg.io import image_size, read_mask_png, size_mismatch_message
 from boxcaseg.structures import box_iou, box_to_mask, mask_to_box, mask_to_rle, xyxy_to_xywh
 
 log = logging.getLogger(__name__)
@@ -323,6 +324,14 @@ def voc_to_coco_dict(voc_root: str | os.PathLike, ids: Sequence[str], *, with_ma
         if check_files and not img_path.is_file():
             raise DataError(f"{xml_path}: image {img_path} not found")
         width, height = _image_size(ann, img_path, xml_path)
+        if check_files and ann.width and ann.height:
+            # here, where the XML is known: a later reader could only blame "the JSON"
+            disk = image_size(img_path)
+            if disk != (width, height):
+                raise DataError(size_mismatch_message(
+                    img_path, disk, (width, height), f"{xml_path} <size>",
+                    f"fix <width>/<height> in {xml_path.name}, or the image in "
+                    f"{root / 'JPEGImages'}"))
         image: dict[str, Any] = {"id": int_ids[vid], "file_name": file_name, "width": width,
                                  "height": height, "voc_id": vid}
         if with_masks:

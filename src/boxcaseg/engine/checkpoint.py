@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,41 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(state, dict) or "model" not in state:
         raise DataError(f"{path}: not a boxcaseg checkpoint (no 'model' entry)")
     return state
+
+
+def _names(keys: list[str], n: int = 3) -> str:
+    shown = ", ".join(k if len(k) <= 60 else k[:57] + "..." for k in keys[:n])
+    return shown + (", ..." if len(keys) > n else "")
+
+
+def load_weights(model: torch.nn.Module, state: Mapping[str, Any], where: str,
+                 fix: str) -> None:
+    """``model.load_state_dict(state, strict=True)``; when they do not fit, one short
+    ``DataError``: how many tensors are missing, unexpected or of another shape, with the first
+    few names, then ``fix`` (what to do). torch's own message lists every tensor, which for a
+    checkpoint of another backbone is one line of ten thousand characters."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [k for k in own if k in state and hasattr(state[k], "shape")
+                and tuple(state[k].shape) != tuple(own[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing ({_names(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected ({_names(unexpected)})")
+    if reshaped:
+        k = reshaped[0]
+        parts.append(f"{len(reshaped)} of another shape (e.g. {_names([k], 1)}: "
+                     f"{list(state[k].shape)} in the file, {list(own[k].shape)} in the model)")
+    if parts:
+        raise DataError(f"{where}: weights do not fit the model: of its {len(own)} tensors "
+                        f"{'; '.join(parts)} ({fix})")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:  # e.g. a non-tensor entry: keep the first line, shortened
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise DataError(f"{where}: weights do not fit the model ({first[:200]}) ({fix})") from e
 
 
 def rng_state() -> dict[str, Any]:

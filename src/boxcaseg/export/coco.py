@@ -9,7 +9,7 @@ import numpy as np
 
 from boxcaseg.export.common import (ReviewImage, instance_mask, mask_to_polygons,
                                     polygon_fidelity, score_attributes, xywh)
-from boxcaseg.labeling.schema import Labels
+from boxcaseg.labeling.review import Labels
 from boxcaseg.structures import mask_to_rle
 
 log = logging.getLogger(__name__)

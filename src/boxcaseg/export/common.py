@@ -15,7 +15,7 @@ from pycocotools import mask as mask_utils
 from boxcaseg.data.coco import ImageEntry
 from boxcaseg.errors import ConfigError, DataError
 from boxcaseg.labeling.masks import BoxMask, mask_polygons
-from boxcaseg.labeling.schema import Instance, Labels, worst_first
+from boxcaseg.labeling.review import Instance, Labels, worst_first
 from boxcaseg.structures import mask_to_box
 
 log = logging.getLogger(__name__)
@@ -92,17 +92,27 @@ def place_images(review: list[ReviewImage], dest: Path, mode: str) -> None:
     """Put each image at ``dest/<file_name>``: a hard link to the original (``link``; a copy
     where the two folders are on different file systems), a copy (``copy``) or nothing
     (``none``: the tool is pointed at the original folder). Hard, not symbolic, links: the
-    tools' loaders refuse files that resolve outside their dataset folder."""
+    tools' loaders refuse files that resolve outside their dataset folder. Every image is
+    looked for first: a missing one stops the export before anything is placed (naming how
+    many are missing and the first few), not half-way through a filled folder."""
     if mode not in IMAGE_MODES:
         raise ConfigError(f"image mode {mode!r}: choose one of {list(IMAGE_MODES)}")
     if mode == "none":
         return
+    if any(r.entry.path is None for r in review):
+        raise ConfigError("exporting images needs the images folder (--images)")
+    missing = [r.entry for r in review if not r.entry.path.is_file()]
+    if missing:
+        root = missing[0].path
+        for _ in Path(missing[0].file_name).parts:  # path = images folder / file_name
+            root = root.parent
+        shown = ", ".join(e.file_name for e in missing[:3]) + (", ..." if len(missing) > 3
+                                                              else "")
+        raise DataError(f"{root}: image file not found for {len(missing)} of {len(review)} "
+                        f"image(s) ({shown}); nothing was exported (check --images, or export "
+                        "with --images-mode none)")
     for r in review:
         src = r.entry.path
-        if src is None:
-            raise ConfigError("exporting images needs the images folder (--images)")
-        if not src.is_file():
-            raise DataError(f"{src}: image file not found (image {r.entry.id}); check --images")
         target = dest / r.entry.file_name
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.is_symlink() or target.exists():

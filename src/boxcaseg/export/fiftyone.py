@@ -22,7 +22,7 @@ from typing import Any
 from boxcaseg.export.coco import review_coco
 from boxcaseg.export.common import place_images, review_order
 from boxcaseg.io import atomic_write_json
-from boxcaseg.labeling.schema import Labels
+from boxcaseg.labeling.review import Labels
 
 LABELS = "labels.json"
 DATA = "data"

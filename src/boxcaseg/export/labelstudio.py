@@ -7,7 +7,9 @@
 
 Masks are brush regions in Label Studio's own RLE, encoded by ``label-studio-converter``'s
 ``brush.mask2rle`` (``pip install "boxcaseg[export]"``), or polygons (``mask_format=
-"polygon"``, no extra needed). Image URLs are ``url_prefix + file_name``; the default
+"polygon"``, no extra needed). Image URLs are ``url_prefix + file_name`` with the file name
+percent-encoded (``/`` kept: ``a&b #1.jpg`` -> ``a%26b%20%231.jpg``; unencoded, ``&`` and ``#``
+would end the query value and load another file or none); the default
 serves OUT/images through Label Studio's local files storage: start Label Studio with
 ``LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=OUT``.
 Each region carries ``score``, and its ``meta.text`` shows score / proxy IoU / drop decision;
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
@@ -26,7 +29,7 @@ from boxcaseg.errors import ConfigError
 from boxcaseg.export.common import (ReviewImage, instance_mask, mask_to_polygons, place_images,
                                     review_order, score_attributes)
 from boxcaseg.io import atomic_write_json, atomic_write_text
-from boxcaseg.labeling.schema import Instance, Labels
+from boxcaseg.labeling.review import Instance, Labels
 
 TASKS = "tasks.json"
 CONFIG = "label_config.xml"
@@ -120,7 +123,8 @@ def export_labelstudio(labels: Labels, out_dir: str | Path, images: str = "link"
         results, nm = _results(r, mask_format, encode)
         regions += len(results)
         no_mask += nm
-        data = {IMAGE_TAG: url_prefix + r.entry.file_name, "image_id": r.entry.id,
+        data = {IMAGE_TAG: url_prefix + quote(r.entry.file_name, safe="/"),
+                "image_id": r.entry.id,
                 "file_name": r.entry.file_name, "worst_score": r.worst_score,
                 "review_rank": r.ranks[0] if r.ranks else None}
         task: dict[str, Any] = {"data": data}

@@ -25,7 +25,7 @@ _EXPORTS = {
     "ImageResult": "boxcaseg.labeling.job.stream",
     "label_dataset": "boxcaseg.labeling.job.run",
     "LabelSummary": "boxcaseg.labeling.job.summary",
-    "load_labels": "boxcaseg.labeling.schema",
+    "load_labels": "boxcaseg.labeling.review",
     "read_labels": "boxcaseg.labeling.schema",
 }
 

@@ -12,6 +12,18 @@ masks a class-balanced mean would be noise). The user states a goal:
   IoU (the lowest threshold whose kept mean IoU reaches the goal);
 * ``keep``: keep (at least) this fraction of the masks (the highest threshold that does).
 
+How many masks (stated, enforced by :func:`fit`):
+
+* at least :data:`MIN_MASKS` (10) calibration masks, else an error. Per-mask IoUs of proxy
+  masks spread by ~0.15-0.25, so the mean of ``n`` of them is uncertain by about
+  ``0.2 / sqrt(n)``: at 10 masks that is +-0.1 (90 %), as wide as the gap between a good and a
+  bad rule; fewer tell nothing a default would not;
+* fewer than :data:`RECOMMENDED_MASKS` (30, +-0.06): fitted, with a warning (``Calibration.
+  warning``) that the prediction is rough;
+* a threshold must keep at least :data:`MIN_KEPT` (5) masks to be chosen: a rule judged on one
+  to four masks is chosen by those masks alone (and the bootstrap of one kept mask has zero
+  width, a false certainty). The curve still shows the higher thresholds.
+
 The chosen rule is a ``LabelConfig`` change (``min_score`` with ``drop: false`` for the score,
 ``drop_iou`` for the proxy IoU), so ``boxcaseg label --config`` applies it to new labels and
 :func:`apply_rule` re-flags an existing labels file without relabeling.
@@ -32,6 +44,9 @@ from boxcaseg.labeling.postprocess import ignores
 from boxcaseg.labeling.schema import GT, IGNORE_MASK, MASK_SOURCE, PROXY_IOU, SCORE, read_labels
 
 SIGNALS = ("score", "proxy_iou")
+MIN_MASKS = 10          # fewer calibration masks: refused (see the module docstring)
+RECOMMENDED_MASKS = 30  # fewer: fitted, with a warning
+MIN_KEPT = 5            # a threshold must keep at least this many masks to be chosen
 
 
 @dataclass
@@ -52,6 +67,8 @@ class Calibration:
     all_mean_iou: float = 0.0         # mean IoU with nothing dropped
     reached: bool = True              # False: no threshold meets min_kept_iou (best one kept)
     interval: tuple[float, float] | None = None  # 90 % bootstrap range of the kept mean IoU
+    warning: str | None = None        # fitted on fewer than RECOMMENDED_MASKS masks
+    min_kept: int = 1                 # fewest masks a candidate threshold had to keep
 
     def rule(self) -> dict[str, Any]:
         """The ``LabelConfig`` fields that implement the chosen threshold."""
@@ -64,7 +81,7 @@ class Calibration:
         return {"signal": self.signal, "n": self.n, "goal": self.goal,
                 "chosen": dataclasses.asdict(self.chosen), "reached": self.reached,
                 "all_mean_iou": self.all_mean_iou, "rule": self.rule(),
-                "interval": self.interval,
+                "interval": self.interval, "warning": self.warning,
                 "curve": [dataclasses.asdict(p) for p in self.curve]}
 
 
@@ -86,15 +103,17 @@ def kept_curve(signal: Sequence[float], ious: Sequence[float]) -> list[CurvePoin
 
 
 def kept_iou_interval(signal: Sequence[float], ious: Sequence[float], threshold: float,
-                      level: float = 0.9, n: int = 2000, seed: int = 0
-                      ) -> tuple[float, float] | None:
+                      level: float = 0.9, n: int = 2000, seed: int = 0,
+                      min_kept: int = MIN_KEPT) -> tuple[float, float] | None:
     """Bootstrap interval (``level``, percentile) of the kept masks' mean IoU at a fixed
     ``threshold``: how far the prediction from ~50 masks may be from the dataset's value
-    (the threshold's own selection is not resampled, so the interval is on the short side)."""
+    (the threshold's own selection is not resampled, so the interval is on the short side).
+    ``None`` when fewer than ``min_kept`` masks are kept: resampling one or two masks gives a
+    (near) zero-width range, which would read as certainty."""
     s = np.asarray(signal, dtype=np.float64)
     v = np.asarray(ious, dtype=np.float64)
     kept = s >= threshold
-    if not kept.any():
+    if int(kept.sum()) < max(1, min_kept):
         return None
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(s), size=(n, len(s)))
@@ -106,14 +125,25 @@ def kept_iou_interval(signal: Sequence[float], ious: Sequence[float], threshold:
 
 
 def fit(signal: Sequence[float], ious: Sequence[float], *, min_kept_iou: float | None = None,
-        keep: float | None = None, name: str = "score") -> Calibration:
-    """Choose the threshold for one goal (exactly one of ``min_kept_iou`` / ``keep``)."""
+        keep: float | None = None, name: str = "score", min_masks: int = MIN_MASKS,
+        min_kept: int = MIN_KEPT) -> Calibration:
+    """Choose the threshold for one goal (exactly one of ``min_kept_iou`` / ``keep``).
+
+    ``min_masks`` / ``min_kept``: the sample-size floors of the module docstring (lower them
+    only to test the curve logic by hand)."""
     if (min_kept_iou is None) == (keep is None):
         raise ConfigError("give exactly one goal: --min-kept-iou X or --keep F")
     if len(signal) == 0:
         raise DataError("no calibration masks: no ground-truth instance has a proxy mask")
+    if len(signal) < min_masks:
+        raise DataError(f"only {len(signal)} calibration mask(s) (GT instances with a proxy "
+                        f"mask); a rule needs at least {min_masks} (better "
+                        f"{RECOMMENDED_MASKS}+): from fewer the predicted IoU is noise (give "
+                        "GT masks for more of the labeled boxes, same annotation ids)")
     curve = kept_curve(signal, ious)
-    points = [p for p in curve if p.kept > 0]
+    # thresholds that keep too few masks are shown in the curve but never chosen
+    min_kept = min(max(1, min_kept), len(signal))
+    points = [p for p in curve if p.kept >= min_kept]
     reached = True
     if min_kept_iou is not None:
         if not 0.0 <= min_kept_iou <= 1.0:
@@ -131,9 +161,16 @@ def fit(signal: Sequence[float], ious: Sequence[float], *, min_kept_iou: float |
         # float tolerance: keep=0.8 of 50 masks is 40, whatever 40/50 rounds to
         chosen = next(p for p in points if p.kept_fraction >= keep - 1e-9)
         goal = {"keep": float(keep)}
+    warning = None
+    if len(signal) < RECOMMENDED_MASKS:
+        # 90 % half-width of a mean of n IoUs that spread by 0.2 (module docstring)
+        warning = (f"only {len(signal)} calibration masks: the predicted mean IoU may be off by "
+                   f"about +-{1.645 * 0.2 / np.sqrt(len(signal)):.2f}; {RECOMMENDED_MASKS} or "
+                   "more are recommended")
     return Calibration(name, len(signal), goal, chosen, curve,
                        float(np.mean(np.asarray(ious, dtype=np.float64))), reached,
-                       kept_iou_interval(signal, ious, chosen.threshold))
+                       kept_iou_interval(signal, ious, chosen.threshold, min_kept=min_kept),
+                       warning, min_kept)
 
 
 def calibration_pairs(gt: Mapping[str, Any], pred: Mapping[str, Any], signal: str = "score"

@@ -21,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from boxcaseg.config import from_dict
-from boxcaseg.engine.checkpoint import load_checkpoint
+from boxcaseg.engine.checkpoint import load_checkpoint, load_weights
 from boxcaseg.errors import DataError, ImageReadError
 from boxcaseg.io import atomic_write, atomic_write_json, read_image_rgb
 from boxcaseg.maskrcnn.config import MaskRCNNConfig
@@ -49,10 +49,9 @@ def load_maskrcnn(checkpoint: str | os.PathLike | dict[str, Any],
                         f"(format {ckpt.get('format')!r})")
     cfg = from_dict(MaskRCNNConfig, {**ckpt["config"], "pretrained": "none"}, where)
     model = build_maskrcnn(cfg, len(ckpt["categories"]))
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise DataError(f"{where}: weights do not fit the {cfg.backbone} model ({e})") from e
+    load_weights(model, ckpt["model"], where,
+                 f"they do not match the checkpoint's own config, backbone {cfg.backbone}; use "
+                 "a checkpoint as boxcaseg train-maskrcnn wrote it")
     return model.to(device).eval(), ckpt
 
 

@@ -158,10 +158,10 @@ def load_boxcaseg(path: str | os.PathLike, map_location: str | torch.device = "c
         raise DataError(str(e)) from e
     cfg = replace(cfg, pretrained="none")
     model = build_model(cfg)
-    try:
-        model.load_state_dict(ckpt["model"], strict=True)
-    except RuntimeError as e:
-        raise DataError(f"{path}: weights do not fit the saved model_config: {e}") from e
+    from boxcaseg.engine.checkpoint import load_weights
+    load_weights(model, ckpt["model"], str(path),
+                 f"they do not match the checkpoint's own model_config, backbone "
+                 f"{cfg.backbone}; use a checkpoint as boxcaseg train wrote it")
     # the labeler crops boxes at the training crop size unless told otherwise
     train_cfg = ckpt.get("train_config")
     crop = train_cfg.get("crop_size") if isinstance(train_cfg, dict) else None

@@ -13,7 +13,7 @@ from boxcaseg.errors import DataError
 from boxcaseg.io import atomic_write_text, read_json
 from boxcaseg.report import plots
 from boxcaseg.report.gallery import build_gallery, method_colours
-from boxcaseg.labeling.schema import Labels, load_label_sets
+from boxcaseg.labeling.review import Labels, load_label_sets
 from boxcaseg.report.page import MethodRow, ReportData, render_pages
 
 log = logging.getLogger(__name__)
@@ -64,19 +64,19 @@ def make_report(labels: str | os.PathLike, out_dir: str | os.PathLike, *,
         raise DataError(f"page size must be >= 1, got {page_size}")
     sets = load_label_sets([labels, *baselines], images_root)
     _check_same_images(sets)
+    # every input is read and checked before an earlier report in out_dir is touched
+    gt_coco = None if gt is None else parse_coco(read_json(gt), str(gt), masks="truth")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _clear_previous(out)
     colours = method_colours(len(sets))
 
-    gt_coco = None
     ious: dict[str, dict[int, float]] | None = None
     rows = [MethodRow(s.name, str(s.path), s.counts(),
                       (speeds or {}).get(s.name) or s.speed(), c) for s, c in zip(sets, colours)]
-    if gt is not None:
+    if gt_coco is not None:
         from boxcaseg.evaluation.instance_iou import instance_records, mask_quality
 
-        gt_coco = parse_coco(read_json(gt), str(gt))
         ious = {}
         for s, row in zip(sets, rows):
             ious[s.name] = {r.ann_id: r.iou for r in instance_records(gt_coco, s.coco)}

@@ -18,7 +18,7 @@ from boxcaseg.data.coco import CocoData
 from boxcaseg.errors import ImageReadError
 from boxcaseg.io import atomic_write, read_image_rgb
 from boxcaseg.maskrcnn.visualize import BOX_COLOUR, GT_COLOUR, draw_boxes, draw_masks, palette
-from boxcaseg.labeling.schema import Labels, worst_first
+from boxcaseg.labeling.review import Labels, worst_first
 from boxcaseg.structures import segmentation_to_mask
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from boxcaseg.io import atomic_write  # noqa: E402
-from boxcaseg.labeling.schema import Labels  # noqa: E402
+from boxcaseg.labeling.review import Labels  # noqa: E402
 
 BINS = np.linspace(0.0, 1.0, 21)
 THRESHOLDS = np.linspace(0.0, 1.0, 101)
@@ -30,6 +30,16 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     finally:
         plt.close(fig)
     return path
+
+
+def _legend(ax: plt.Axes, loc: str) -> None:
+    """A legend, or where nothing was drawn (a labels file without labeled masks) a note
+    saying so: matplotlib would warn "No artists with labels found" on the console."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc=loc)
+    else:
+        ax.text(0.5, 0.5, "no labeled masks", transform=ax.transAxes, ha="center",
+                va="center", color="0.4")
 
 
 def _scores(s: Labels) -> np.ndarray:
@@ -56,7 +66,7 @@ def _step_histograms(values: Sequence[tuple[str, np.ndarray]],
     ax.set_xlabel(xlabel)
     ax.set_ylabel("instances")
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="upper left")
+    _legend(ax, "upper left")
     return _save(fig, path)
 
 
@@ -121,7 +131,7 @@ def kept_vs_threshold(sets: Sequence[Labels], colours: Sequence[tuple[int, int, 
     ax.set_ylabel("fraction of masks with score >= t")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("kept fraction vs threshold")
-    ax.legend(fontsize=8, loc="lower left")
+    _legend(ax, "lower left")
     if ious is not None:
         ax = axes[0][1]
         for s, c in zip(sets, colours):

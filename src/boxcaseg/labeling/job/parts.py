@@ -210,8 +210,11 @@ class PartWriter:
             self._sync()
 
     def write(self, lines: list[str]) -> None:
-        self.f.write("".join(line + "\n" for line in lines))
-        self._sync()
+        try:
+            self.f.write("".join(line + "\n" for line in lines))
+            self._sync()
+        except OSError as e:  # a full disk or a size limit: say which file
+            raise OSError(e.errno, e.strerror, str(self.path)) from e
 
     def finish(self, records: int) -> None:
         self.write([json.dumps({"end": {"records": records}})])
