@@ -11,6 +11,9 @@ from boxcaseg.cli import main
 from boxcaseg.demo import LABEL_METHODS, MASKRCNN_SOURCES, format_results
 
 
+pytestmark = pytest.mark.slow  # runs the quick demo end to end
+
+
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")

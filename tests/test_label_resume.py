@@ -50,13 +50,15 @@ def _progress_images(path):
     return [r["image_id"] for r in recs if "end" not in r]
 
 
+@pytest.mark.parametrize("precision", ["fp32", "auto"])
 @pytest.mark.parametrize("change", [dict(batch_size=1, chunk_images=2), dict(device="cpu"),
                                     dict(batch_size=7, device="cpu", chunk_images=3)])
-def test_resume_with_other_runtime_settings_is_byte_identical(tmp_path, monkeypatch, change):
+def test_resume_with_other_runtime_settings_is_byte_identical(tmp_path, monkeypatch, change,
+                                                              precision):
     path, root, _ = _make_dataset(tmp_path)
     model = _tiny_model()
     cfg = LabelConfig(crop_size=32, chunk_images=1, batch_size=4, device="auto",
-                      precision="fp32", drop_iou=0.3)
+                      precision=precision, drop_iou=0.3)
     clean = tmp_path / "clean.json"
     label_dataset(load_coco(path, root), clean, "boxcaseg", cfg, model=model, progress=False)
 

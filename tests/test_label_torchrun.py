@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -20,6 +21,9 @@ from boxcaseg.cli import main as cli_main
 from boxcaseg.config import to_dict
 from boxcaseg.model import ModelConfig, build_model
 from boxcaseg.structures import rle_to_mask
+
+pytestmark = pytest.mark.slow  # launches torchrun
+
 
 HERE = Path(__file__).parent
 

@@ -271,6 +271,7 @@ def test_schedule_and_batches():
 
 # --------------------------------------------------------------------------- training
 
+@pytest.mark.slow
 def test_tiny_training_learns(trained):
     _, _, result = trained
     hist = result["loss_history"]
@@ -282,6 +283,7 @@ def test_tiny_training_learns(trained):
     assert set(result["metrics"]["voc"]) == {"AP25", "AP50", "AP70", "AP75"}
 
 
+@pytest.mark.slow
 def test_predict_writes_results_and_pngs(trained, tmp_path):
     root, _, result = trained
     (tmp_path / "broken.png").write_bytes(b"not a png")
@@ -308,6 +310,7 @@ def test_predict_writes_results_and_pngs(trained, tmp_path):
     assert len(res_dir) == len(res)
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip(trained):
     root, cfg, result = trained
     final, last = load_checkpoint(result["checkpoint"]), load_checkpoint(result["last"])
@@ -330,6 +333,7 @@ def test_checkpoint_round_trip(trained):
         load_maskrcnn(root / "gt.json")
 
 
+@pytest.mark.slow
 def test_resume_continues_the_iteration_count_and_matches_a_straight_run(tmp_path):
     write_tiny_dataset(tmp_path, n_images=3)
     common = dict(train_json=str(tmp_path / "gt.json"), images_root=str(tmp_path / "images"),
@@ -354,6 +358,7 @@ def test_resume_continues_the_iteration_count_and_matches_a_straight_run(tmp_pat
     shutil.rmtree(tmp_path / "a")
 
 
+@pytest.mark.slow
 def test_predict_command_with_gt_ids(trained, tmp_path):
     root, _, result = trained
     rc = cli_main(["predict", "--checkpoint", result["checkpoint"], "--gt", str(root / "gt.json"),
@@ -407,6 +412,7 @@ def _corrupt_after_update(monkeypatch, at: int) -> None:
     monkeypatch.setattr(train_mod, "build_optimizer", build)
 
 
+@pytest.mark.slow
 def test_nan_weights_are_never_checkpointed(tmp_path, monkeypatch):
     from boxcaseg.errors import TrainingDivergedError
     write_tiny_dataset(tmp_path, n_images=2)
@@ -422,6 +428,7 @@ def test_nan_weights_are_never_checkpointed(tmp_path, monkeypatch):
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_nan_loss_names_the_iteration_and_the_last_good_checkpoint(tmp_path, monkeypatch):
     from boxcaseg.errors import TrainingDivergedError
     import boxcaseg.maskrcnn.train as train_mod

@@ -19,6 +19,9 @@ from boxcaseg.engine.trainer import train
 from boxcaseg.errors import ConfigError, TrainingDivergedError
 
 
+pytestmark = pytest.mark.slow  # every test here trains
+
+
 def _blob_image(rng, h, w):
     """Noisy background with one bright ellipse; returns (rgb uint8, mask bool)."""
     img = rng.integers(0, 90, (h, w, 3), dtype=np.uint8)
