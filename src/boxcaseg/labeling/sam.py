@@ -51,13 +51,13 @@ import numpy as np
 import torch
 
 from boxcaseg.errors import ConfigError, DataError
+from boxcaseg.labeling.config import SAM_MODELS  # noqa: F401  (the --sam-model choices)
 from boxcaseg.labeling.masks import BoxMask
 from boxcaseg.labeling.sources import MaskSource, SourceMasks
 from boxcaseg.structures import snap_box
 
 log = logging.getLogger(__name__)
 
-SAM_MODELS = ("vit_b", "vit_l", "vit_h")  # the official model types (``--sam-model``)
 INSTALL_HINT = 'pip install -e ".[sam]"'
 # the official image encoders' widths, to say which type a checkpoint that does not fit is
 ENCODER_WIDTHS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
@@ -188,6 +188,15 @@ class SamSource(MaskSource):
                         multimask: bool = False) -> SamSource:
         model = load_sam(checkpoint, model_type, device)
         return cls(model, batch, multimask, model_type, checkpoint)
+
+    @classmethod
+    def from_config(cls, checkpoint: str | os.PathLike, cfg: Any,
+                    device: str | torch.device | None = None) -> SamSource:
+        """From a ``LabelConfig`` (``sam_model``, ``sam_batch``, ``sam_multimask``, and
+        ``device`` unless given)."""
+        return cls.from_checkpoint(checkpoint, cfg.sam_model,
+                                   cfg.device if device is None else device, cfg.sam_batch,
+                                   cfg.sam_multimask)
 
     @property
     def device(self) -> torch.device:
