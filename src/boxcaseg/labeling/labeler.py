@@ -233,7 +233,16 @@ def _load(task: ImageTask) -> np.ndarray:
     return image
 
 
+# TEMP wiring for sam (lead replaces): the MaskSource given to label_job as ``model`` does
+# not reach label_images without touching shards.py, so check_method (which label_job calls
+# with it) keeps it here for _label_chunk.
+_TEMP_SOURCE: list[Any] = [None]
+
+
 def check_method(method: str, model: Any) -> None:
+    _TEMP_SOURCE[0] = model if method == "sam" else None  # TEMP wiring for sam
+    if method == "sam" and model is None:  # TEMP wiring for sam
+        raise ConfigError("method 'sam' needs a SAM model (--sam-checkpoint)")
     if method not in METHODS:
         raise ConfigError(f"unknown labeling method {method!r}; choose one of {list(METHODS)}")
     if method == "boxcaseg" and model is None:
@@ -298,6 +307,12 @@ def _label_chunk(chunk: Sequence[ImageTask], method: str, cfg: LabelConfig, pred
         for i, (m, probs) in zip(idx, masks):
             raw_masks[i] = m
             soft[i] = soft_ious(probs, cfg.threshold, cfg.threshold_mode)
+    elif method == "sam":  # TEMP wiring for sam: any MaskSource; quality is the score's soft
+        idx = [i for i, img in enumerate(images) if img is not None]
+        source = predictor or _TEMP_SOURCE[0]
+        for i, sm in zip(idx, source.masks([images[i] for i in idx],
+                                           [chunk[i].boxes for i in idx])):
+            raw_masks[i], soft[i], fallbacks[i] = sm.masks, sm.quality, sm.fallbacks
     else:
         for i, img in enumerate(images):
             if img is not None:
