@@ -2,9 +2,9 @@
 
 Which annotations carry a *ground-truth* mask (:func:`is_gt_annotation`): those with a
 non-empty ``segmentation`` that was not written by ``boxcaseg label``. The labeler marks its
-own masks with ``mask_source`` (``"boxcaseg"``, ``"grabcut"``, ``"box"``) and the masks it
-passed through with ``"gt"``; a file labeled before ``mask_source`` existed is recognised by
-its ``proxy_iou`` field. So a labels file fed back in is never mistaken for ground truth.
+own masks with ``mask_source`` (``"boxcaseg"``, ``"grabcut"``, ``"box"``, ``"sam"``) and the
+masks it passed through with ``"gt"``; a file labeled before ``mask_source`` existed is
+recognised by its ``proxy_iou`` field. So a labels file fed back in is never mistaken for ground truth.
 
 Where they are used:
 
@@ -12,6 +12,7 @@ Where they are used:
   and merge lets a GT mask keep all its pixels (``labeling.labeler``);
 * ``train`` turns a box crop that carries a GT mask into a pixel-supervised sample, exactly
   like a salient crop (:func:`box_crop_with_mask`; ``data.train_sets.BoxCropDataset``).
+  A labels file's own masks do so only when named as ``teacher_labels`` (``data.teacher``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from boxcaseg.errors import DataError
 from boxcaseg.structures import NO_MASK_KEY, segmentation_to_mask
 
 GT = "gt"  # mask_source of a mask the user gave
-PROXY_SOURCES = ("boxcaseg", "grabcut", "box")  # mask_source of the labeler's own masks
+PROXY_SOURCES = ("boxcaseg", "grabcut", "box", "sam")  # mask_source of the labeler's own masks
 
 
 def is_gt_annotation(ann: Mapping[str, Any]) -> bool:

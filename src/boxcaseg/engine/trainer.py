@@ -58,8 +58,17 @@ def build_datasets(cfg: TrainConfig) -> tuple[BoxCropDataset | None, SalientCrop
             raise ConfigError("boxes_json is required (the box-supervised training set)")
         root = Path(cfg.images_root) if cfg.images_root else Path(cfg.boxes_json).parent / "images"
         coco = load_coco(cfg.boxes_json, root)
+        teacher = None
+        if cfg.teacher_labels:
+            from boxcaseg.data.gt_masks import gt_annotation_ids
+            from boxcaseg.data.teacher import teacher_masks
+            teacher, summary = teacher_masks(
+                cfg.teacher_labels, coco.raw["annotations"],
+                gt_annotation_ids(coco.raw["annotations"]) if cfg.gt_masks else set(),
+                cfg.teacher_min_score, cfg.teacher_weight)
+            log.info("%s", summary.format())
         box_ds = BoxCropDataset(coco, cfg.crop_size, augment=True, cache_bytes=cache,
-                                jitter=cfg.box_jitter, gt_masks=cfg.gt_masks)
+                                jitter=cfg.box_jitter, gt_masks=cfg.gt_masks, teacher=teacher)
         screen_box_dataset(box_ds, cfg.max_bad_fraction)
         if len(box_ds) == 0:
             raise DataError(f"{cfg.boxes_json}: no usable (non-crowd) boxes to train on")
@@ -203,7 +212,8 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, progress: bool = True
 
     step = 0
     inputs = input_fingerprints(
-        {"boxes_json": cfg.boxes_json if box_ds is not None else None},
+        {"boxes_json": cfg.boxes_json if box_ds is not None else None,
+         "teacher_labels": cfg.teacher_labels if box_ds is not None else None},
         {"salient listing": salient_listing(sal_ds.folder)
          if sal_ds is not None and hasattr(sal_ds.folder, "names") else None})
     if resume and last.exists():
@@ -212,7 +222,7 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, progress: bool = True
             raise ConfigError(f"{last}: saved model config {ckpt.get('model_config')} differs "
                               f"from the requested {to_dict(cfg.model)}; cannot resume")
         check_resume(last, ckpt.get("train_config"), to_dict(cfg), ckpt.get("inputs"), inputs,
-                     RUNTIME_KEYS | {"boxes_json", "salient_root"})  # compared by content
+                     RUNTIME_KEYS | {"boxes_json", "salient_root", "teacher_labels"})  # by content
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
