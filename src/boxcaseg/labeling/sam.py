@@ -109,7 +109,7 @@ def _mismatch_message(path: Path, model_type: str, missing: list[str], unexpecte
                       shapes: list[str], state: Mapping[str, torch.Tensor]) -> str:
     parts = [f"{len(missing)} missing", f"{len(unexpected)} unexpected"]
     if shapes:
-        parts.append(f"{len(shapes)} of another shape")
+        parts.append(f"{len(shapes)} mis-shaped")
     first = ", ".join([*(f"missing {k}" for k in missing[:1]),
                        *(f"unexpected {k}" for k in unexpected[:1]),
                        *(f"{k} {tuple(state[k].shape)}" for k in shapes[:1])])
@@ -122,7 +122,8 @@ def _mismatch_message(path: Path, model_type: str, missing: list[str], unexpecte
                     f"--sam-model {guess}")
     elif not any(k.startswith("image_encoder.") for k in state):
         hint = "it holds no SAM image encoder: is it a SAM checkpoint?"
-    return (f"{path}: checkpoint does not fit {model_type}: {' and '.join(parts)} keys "
+    counts = ", ".join(parts[:-1]) + " and " + parts[-1]
+    return (f"{path}: checkpoint does not fit {model_type}: {counts} keys "
             f"(first: {first}); {hint}")
 
 
