@@ -14,8 +14,8 @@ import torch
 sa = pytest.importorskip("segment_anything", reason='the sam extra: pip install -e ".[sam]"')
 
 from segment_anything import SamPredictor  # noqa: E402
-from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,  # noqa: E402
-                                       TwoWayTransformer)
+from segment_anything.modeling import (  # noqa: E402
+    ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer)
 
 from boxcaseg.errors import ConfigError, DataError  # noqa: E402
 from boxcaseg.labeling.masks import BoxMask  # noqa: E402
@@ -95,10 +95,6 @@ def _echo_box_model(img_size: int = 64) -> tuple[Sam, list]:
     model.prompt_encoder.get_dense_pe = lambda: torch.zeros(1)
     model.mask_decoder.forward = decoder_forward
     return model, seen
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max((a | b).sum(), 1))
 
 
 @pytest.mark.parametrize("multimask", [False, True])
