@@ -95,7 +95,7 @@ def test_labeling_layers_import_only_downwards(low):
         if rest is None:
             return None
         head = rest.split(".")[0]
-        head = {"predictor": "sources", "fused": "sources", "refine": "sources",
+        head = {"predictor": "sources", "fused": "sources", "refine": "sources", "sam": "sources",
                 "score": "postprocess", "config": "schema", "review": "labeler"}.get(head, head)
         return LAYERS.index(head) if head in LAYERS else None
 

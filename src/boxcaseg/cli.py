@@ -17,7 +17,7 @@ from boxcaseg.errors import BoxcasegError, ConfigError, DataError
 COMMANDS: dict[str, tuple[str, str]] = {
     "make-demo-data": ("make_demo_data", "write the embedded synthetic dataset (salient + box sets)"),
     "train": ("train", "jointly train the BoxCaseg network on salient + box-supervised images"),
-    "label": ("label", "write proxy masks for every box of a COCO/VOC dataset (boxcaseg|grabcut|box)"),
+    "label": ("label", "write proxy masks for every box of a COCO/VOC dataset (boxcaseg|grabcut|box|sam)"),
     "merge-labels": ("merge_labels", "join the part files of `label --shard K/N` runs into one output"),
     "calibrate": ("calibrate", "fit the keep/ignore rule of proxy masks on a few GT masks, or apply it"),
     "train-maskrcnn": ("train_maskrcnn", "train the Proxy Mask R-CNN on boxes + proxy masks"),

@@ -80,7 +80,8 @@ def mil_loss(logits: torch.Tensor, boxes: torch.Tensor, smooth_weight: float = 0
 
 
 def pixel_loss(salient_logits: torch.Tensor, transferred_logits: torch.Tensor,
-               masks: torch.Tensor, alpha: float = 0.7) -> torch.Tensor:
+               masks: torch.Tensor, alpha: float = 0.7,
+               weights: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 3: mean over pixels of BCE(p, mask), ``p = alpha*sigmoid(a) + (1-alpha)*sigmoid(t)``.
 
     All inputs ``[N, 1, H, W]`` (masks 0/1 float or bool). ``log p`` and ``log(1 - p)`` are
@@ -88,18 +89,43 @@ def pixel_loss(salient_logits: torch.Tensor, transferred_logits: torch.Tensor,
     ``log(1 - alpha) + logsigmoid(t)``, using ``1 - sigmoid(z) = sigmoid(-z)``), so the loss and
     its gradient stay finite for any finite logits. ``alpha`` 1 or 0 is exactly the
     BCE-with-logits of the salient or the transferred head alone.
+
+    ``weights`` (``[N]``, e.g. teacher mask scores, ``data.teacher``): each map's mean BCE
+    times its weight, summed and divided by N (not by the weights' sum: a mask of weight 0.5
+    pulls half as hard whatever else is in the batch). None is the plain mean.
     """
     target = masks.to(salient_logits.dtype)
+    if weights is not None:
+        if alpha >= 1.0:
+            bce = F.binary_cross_entropy_with_logits(salient_logits, target, reduction="none")
+        elif alpha <= 0.0:
+            bce = F.binary_cross_entropy_with_logits(transferred_logits, target,
+                                                     reduction="none")
+        else:
+            bce = _fused_bce(salient_logits, transferred_logits, target, alpha)
+        return weighted_mean(bce, weights)
     if alpha >= 1.0:
         return F.binary_cross_entropy_with_logits(salient_logits, target)
     if alpha <= 0.0:
         return F.binary_cross_entropy_with_logits(transferred_logits, target)
+    return _fused_bce(salient_logits, transferred_logits, target, alpha).mean()
+
+
+def _fused_bce(a: torch.Tensor, t: torch.Tensor, target: torch.Tensor, alpha: float
+               ) -> torch.Tensor:
     la, lb = math.log(alpha), math.log1p(-alpha)
-    log_p = torch.logaddexp(la + F.logsigmoid(salient_logits),
-                            lb + F.logsigmoid(transferred_logits))
-    log_q = torch.logaddexp(la + F.logsigmoid(-salient_logits),
-                            lb + F.logsigmoid(-transferred_logits))
-    return -(target * log_p + (1 - target) * log_q).mean()
+    log_p = torch.logaddexp(la + F.logsigmoid(a), lb + F.logsigmoid(t))
+    log_q = torch.logaddexp(la + F.logsigmoid(-a), lb + F.logsigmoid(-t))
+    return -(target * log_p + (1 - target) * log_q)
+
+
+def weighted_mean(per_pixel: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``sum_i w_i * mean(per_pixel[i]) / N`` for ``per_pixel`` ``[N, ...]``, ``weights`` ``[N]``."""
+    n = per_pixel.shape[0]
+    if n == 0:
+        return per_pixel.sum() * 0.0
+    w = weights.to(device=per_pixel.device, dtype=per_pixel.dtype).reshape(n)
+    return (per_pixel.reshape(n, -1).mean(1) * w).sum() / n
 
 
 def rgb_to_lab(images: torch.Tensor) -> torch.Tensor:
@@ -165,6 +191,16 @@ def _get(batch: dict[str, Any], *names: str) -> Any:
     raise KeyError(f"batch needs one of {names}; has {sorted(batch)}")
 
 
+def _pixel_weights(batch: dict[str, Any], sal: torch.Tensor) -> torch.Tensor | None:
+    """The pixel-supervised rows' weights, or None when there are none or all are 1."""
+    w = batch.get("weight")
+    if w is None:
+        return None
+    w = torch.as_tensor(w).reshape(-1)
+    w = w[sal.to(w.device)]
+    return None if bool((w == 1).all()) else w
+
+
 def boxcaseg_loss(outputs: dict[str, torch.Tensor], batch: dict[str, Any], cfg: Any
                   ) -> dict[str, torch.Tensor]:
     """Eq. 4 over a mixed batch of box crops and salient crops.
@@ -216,12 +252,17 @@ def boxcaseg_loss(outputs: dict[str, torch.Tensor], batch: dict[str, Any], cfg: 
     a_out, t_out = outputs.get("salient"), outputs.get("transferred")
     if n_sal and (a_out is not None or t_out is not None):
         masks = _get(batch, "mask", "masks")[sal.to(boxes.device)].to(weak.device)
+        weights = _pixel_weights(batch, sal)
         if a_out is not None and t_out is not None:
-            pixel = pixel_loss(a_out[sal], t_out[sal], masks, alpha)
+            pixel = pixel_loss(a_out[sal], t_out[sal], masks, alpha, weights)
             used |= {k for k, a in (("salient", alpha > 0), ("transferred", alpha < 1)) if a}
         else:
             only = a_out if a_out is not None else t_out
-            pixel = F.binary_cross_entropy_with_logits(only[sal], masks.to(only.dtype))
+            if weights is None:
+                pixel = F.binary_cross_entropy_with_logits(only[sal], masks.to(only.dtype))
+            else:
+                pixel = weighted_mean(F.binary_cross_entropy_with_logits(
+                    only[sal], masks.to(only.dtype), reduction="none"), weights)
             used.add("salient" if a_out is not None else "transferred")
     total = mil + pixel
     if pair_w > 0:

@@ -3,6 +3,8 @@
     boxcaseg label --method boxcaseg --images DIR --boxes in.json --out out.json \\
         --checkpoint ckpt.pt [--config label.yaml] [crop_size=320 drop_iou=0.95 ...] [--resume]
     boxcaseg label --method grabcut --voc VOCdevkit/VOC2012 --image-set train --out out.json
+    boxcaseg label --method sam --sam-checkpoint sam_vit_b_01ec64.pth [--sam-model vit_b] \
+        --images DIR --boxes in.json --out out.json      (pip install -e ".[sam]")
     torchrun --nproc_per_node=4 -m boxcaseg.cli label ...      (one shard per process)
     boxcaseg label ... --shard 3/8 --out part3.jsonl           (job arrays; then merge-labels)
 """
@@ -21,8 +23,10 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", choices=("boxcaseg", "grabcut", "box"), default="boxcaseg",
-                        help="mask source: the BoxCaseg model, GrabCut, or the filled box")
+    parser.add_argument("--method", choices=("boxcaseg", "grabcut", "box", "sam"),
+                        default="boxcaseg",
+                        help="mask source: the BoxCaseg model, GrabCut, the filled box, or a "
+                        "Segment Anything checkpoint (sam)")
     parser.add_argument("--images", help="image folder (COCO file_name is relative to it)")
     parser.add_argument("--boxes", help="COCO JSON with the boxes to label")
     parser.add_argument("--voc", metavar="VOC_ROOT",
@@ -31,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="VOC image set name or list file (with --voc; default: train)")
     parser.add_argument("--out", required=True, help="output COCO JSON with proxy masks")
     parser.add_argument("--checkpoint", help="trained BoxCaseg checkpoint (method boxcaseg)")
+    parser.add_argument("--sam-checkpoint", metavar="PATH",
+                        help="SAM checkpoint .pth (method sam; needs pip install -e \".[sam]\")")
+    parser.add_argument("--sam-model", choices=("vit_b", "vit_l", "vit_h"),
+                        help="SAM model type of --sam-checkpoint (sets the sam_model config "
+                        "field; default vit_b)")
     parser.add_argument("--config", help="YAML with LabelConfig fields")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run (same command, same number of "
@@ -82,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(LabelConfig, args.config, args.overrides)
     if args.segmentation:
         cfg = dataclasses.replace(cfg, segmentation=args.segmentation)
+    if args.sam_model:
+        cfg = dataclasses.replace(cfg, sam_model=args.sam_model)
     shard = parse_shard(args.shard) if args.shard else None
     if shard is not None and args.format != "dataset":
         log.warning("--format is chosen when the parts are joined (merge-labels --format); "
@@ -89,6 +100,20 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "boxcaseg" and not args.checkpoint:
         raise ConfigError("--method boxcaseg needs --checkpoint (a trained BoxCaseg model); "
                           "--method grabcut and --method box need none")
+    if args.method == "sam":
+        if not args.sam_checkpoint:
+            raise ConfigError("--method sam needs --sam-checkpoint (a Segment Anything "
+                              ".pth, e.g. sam_vit_b_01ec64.pth) and --sam-model if it is not "
+                              "vit_b")
+        from boxcaseg.labeling.sam import import_segment_anything
+        import_segment_anything()  # the extra's absence is one line, before any data is read
+        if args.checkpoint:
+            log.warning("--checkpoint (a BoxCaseg model) is ignored by --method sam")
+        if not Path(args.sam_checkpoint).is_file():
+            raise DataError(f"{args.sam_checkpoint}: SAM checkpoint not found "
+                            "(--sam-checkpoint)")
+    elif args.sam_checkpoint:
+        log.warning("--sam-checkpoint is ignored by --method %s", args.method)
     if args.images and not Path(args.images).is_dir():
         raise DataError(f"{args.images}: image folder not found (--images is the folder the "
                         "COCO file_name entries are relative to)")
@@ -104,6 +129,9 @@ def run(args: argparse.Namespace) -> int:
         if args.method == "boxcaseg":
             from boxcaseg.model import load_boxcaseg
             model, _ = load_boxcaseg(args.checkpoint, map_location=info.device)
+        elif args.method == "sam":
+            from boxcaseg.labeling.sam import SamSource
+            model = SamSource.from_config(args.sam_checkpoint, cfg, device=info.device)
         elif args.checkpoint:
             log.warning("--checkpoint is ignored by --method %s", args.method)
         summary = label_job(boxes, args.out, args.method, cfg, model=model, resume=args.resume,

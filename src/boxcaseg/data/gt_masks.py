@@ -9,6 +9,7 @@ Where they are used:
   and merge lets a GT mask keep all its pixels (``labeling.postprocess``);
 * ``train`` turns a box crop that carries a GT mask into a pixel-supervised sample, exactly
   like a salient crop (:func:`box_crop_with_mask`; ``data.train_sets.BoxCropDataset``).
+  A labels file's own masks do so only when named as ``teacher_labels`` (``data.teacher``).
 
 Validation (:func:`segmentation_problem`, :func:`check_masks`) runs when a file is read, before
 any work: a user who gives GT masks wants them trusted, so a malformed one is an error naming

@@ -11,12 +11,16 @@ A sample is a dict:
 * ``box``: float32 [4] XYXY in crop pixel coordinates (the MIL target);
 * ``mask``: float32 [1, S, S] (the salient ground truth; zeros for box samples);
 * ``is_salient``: bool: the sample trains the pixel heads (a salient crop, or a box crop
-  whose annotation carries a ground-truth mask: mixed supervision, ``data.gt_masks``).
+  whose annotation carries a ground-truth mask: mixed supervision, ``data.gt_masks``, or a
+  teacher's mask: ``data.teacher``);
+* ``weight``: float32 scalar, the sample's weight in the pixel loss: 1 except for a teacher
+  mask weighted by its score (``teacher_weight: score``).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -28,6 +32,7 @@ from boxcaseg.data.crops import augmented_box_crop, salient_box, salient_box_cro
 from boxcaseg.data.gt_masks import box_crop_with_mask, decode_gt_mask
 from boxcaseg.labeling.schema import gt_annotation_ids
 from boxcaseg.data.sampler import BOX, SALIENT, SampleRef
+from boxcaseg.data.teacher import TeacherMask
 from boxcaseg.errors import DataError
 from boxcaseg.io import read_image_rgb, size_mismatch_message
 
@@ -62,13 +67,13 @@ class ImageCache:
 
 
 def _sample(image: np.ndarray, box: tuple[float, ...], mask: np.ndarray | None,
-            salient: bool) -> dict[str, Any]:
+            salient: bool, weight: float = 1.0) -> dict[str, Any]:
     img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous()
     s = image.shape[0]
     m = (torch.from_numpy(mask).float()[None] if mask is not None
          else torch.zeros(1, s, image.shape[1], dtype=torch.float32))
     return {"image": img, "box": torch.tensor(box, dtype=torch.float32), "mask": m,
-            "is_salient": salient}
+            "is_salient": salient, "weight": torch.tensor(weight, dtype=torch.float32)}
 
 
 # a sample that proves unreadable mid-run (a truncated file passes the header screen) is
@@ -100,13 +105,17 @@ class BoxCropDataset:
 
     ``gt_masks``: a box whose annotation carries a ground-truth mask
     (:func:`boxcaseg.data.gt_masks.is_gt_annotation`) becomes a pixel-supervised sample,
-    like a salient crop, with that mask warped into the same crop.
+    like a salient crop, with that mask warped into the same crop. ``teacher``: the same for
+    a teacher's masks (``data.teacher.teacher_masks``: annotation id -> mask and pixel-loss
+    weight); a GT mask wins over a teacher's.
     """
 
     def __init__(self, coco: CocoData, crop_size: int = 288, augment: bool = True,
-                 cache_bytes: int = 0, jitter: str = "centre", gt_masks: bool = False) -> None:
+                 cache_bytes: int = 0, jitter: str = "centre", gt_masks: bool = False,
+                 teacher: Mapping[int, TeacherMask] | None = None) -> None:
         self.coco = coco
         self.gt_ids = gt_annotation_ids(coco.raw["annotations"]) if gt_masks else set()
+        self.teacher = {k: v for k, v in (teacher or {}).items() if k not in self.gt_ids}
         self.crop_size = int(crop_size)
         self.augment = augment
         self.jitter = jitter
@@ -126,6 +135,11 @@ class BoxCropDataset:
         if self.gt_ids:
             log.info("%s: %d of %d boxes carry a ground-truth mask (pixel supervision)",
                      coco.source, sum(a.id in self.gt_ids for _, a in self.items), len(self.items))
+        if self.teacher:
+            log.info("%s: %d of %d boxes carry a teacher's mask (pixel supervision)",
+                     coco.source, self.pixel_supervised() - sum(a.id in self.gt_ids
+                                                                for _, a in self.items),
+                     len(self.items))
         needed = sum(im.width * im.height * 3 for im in {id(e): e for e, _ in self.items}.values())
         # Cache only when the whole decoded set fits: a partial cache just wastes memory.
         self._cache = ImageCache(cache_bytes if needed <= cache_bytes else 0)
@@ -133,6 +147,10 @@ class BoxCropDataset:
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def pixel_supervised(self) -> int:
+        """Boxes that train the pixel heads (a GT or a teacher's mask)."""
+        return sum(a.id in self.gt_ids or a.id in self.teacher for _, a in self.items)
 
     def drop_images(self, image_ids: set[int]) -> int:
         """Leave out every box of these images (found bad up front); returns boxes dropped."""
@@ -151,13 +169,19 @@ class BoxCropDataset:
     def get(self, index: int, seed: int) -> dict[str, Any]:
         (image, ann), _ = load_with_substitute(self._load, index, len(self), self._bad)
         rng = np.random.default_rng(seed)
+        segmentation, weight, what = None, 1.0, ""
         if ann.id in self.gt_ids:
-            mask = decode_gt_mask(ann.segmentation, image.shape[0], image.shape[1],
-                                  f"{self.coco.source}: annotation {ann.id} (gt_masks=false "
-                                  "trains on its box only)")
+            segmentation, what = ann.segmentation, (f"{self.coco.source}: annotation {ann.id} "
+                                                    "(gt_masks=false trains on its box only)")
+        elif ann.id in self.teacher:
+            t = self.teacher[ann.id]
+            segmentation, weight = t.segmentation, t.weight
+            what = f"teacher_labels: annotation {ann.id}"
+        if segmentation is not None:
+            mask = decode_gt_mask(segmentation, image.shape[0], image.shape[1], what)
             crop, box, cmask = box_crop_with_mask(image, mask, ann.box, self.crop_size, rng,
                                                   self.augment, self.jitter)
-            return _sample(crop, box, cmask, salient=True)
+            return _sample(crop, box, cmask, salient=True, weight=weight)
         crop, box = augmented_box_crop(image, ann.box, self.crop_size, rng, self.augment,
                                        self.jitter)
         return _sample(crop, box, None, salient=False)

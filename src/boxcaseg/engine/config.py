@@ -22,8 +22,15 @@ class TrainConfig:
     boxes_json: str = ""  # COCO JSON with the box-supervised training boxes
     images_root: str = ""  # folder of the box images; "" = <boxes_json folder>/images
     # mixed supervision: boxes of boxes_json that carry a ground-truth mask (data/gt_masks.py)
-    # also train the pixel heads, like salient crops; a labels file's proxy masks never do
+    # also train the pixel heads, like salient crops; a labels file's masks do only as a
+    # teacher (teacher_labels below)
     gt_masks: bool = True
+    # teacher: a labels file (`boxcaseg label` output of any source: sam, boxcaseg for
+    # self-training, grabcut) whose masks train the pixel heads on their boxes like GT masks
+    # (data/teacher.py); "" = none. Masks with ignore_mask: true are never used.
+    teacher_labels: str = ""
+    teacher_min_score: float | None = None  # use only teacher masks with score >= this
+    teacher_weight: str = "score"  # pixel-loss weight of a teacher mask: "score" or "uniform" (1)
     num_salient: int | None = None  # use N salient images, a random sample drawn with `seed`; None = all
     cache_images_mb: int = 1024  # keep decoded images in RAM if the set fits (per worker)
     # unusable samples (unreadable, size mismatch, empty mask) are skipped and counted; the run
@@ -85,6 +92,14 @@ class TrainConfig:
         if self.salient_crop not in ("image", "box", "mixed"):
             raise ConfigError("salient_crop must be 'image', 'box' or 'mixed', got "
                               f"{self.salient_crop!r}")
+        if self.teacher_min_score is not None and not 0.0 <= self.teacher_min_score <= 1.0:
+            raise ConfigError(f"teacher_min_score must be in [0, 1] or null, got "
+                              f"{self.teacher_min_score}")
+        if self.teacher_weight not in ("score", "uniform"):
+            raise ConfigError(f"teacher_weight must be 'score' or 'uniform', got "
+                              f"{self.teacher_weight!r}")
+        if self.teacher_labels and self.box_per_batch == 0:
+            raise ConfigError("teacher_labels supervises box images: it needs box_per_batch > 0")
         if self.pixel_heads_on not in ("salient", "all"):
             raise ConfigError("pixel_heads_on must be 'salient' or 'all', got "
                               f"{self.pixel_heads_on!r}")

@@ -54,8 +54,17 @@ def build_datasets(cfg: TrainConfig) -> tuple[BoxCropDataset | None, SalientCrop
             raise ConfigError("boxes_json is required (the box-supervised training set)")
         root = Path(cfg.images_root) if cfg.images_root else Path(cfg.boxes_json).parent / "images"
         coco = load_coco(cfg.boxes_json, root)
+        teacher = None
+        if cfg.teacher_labels:
+            from boxcaseg.labeling.schema import gt_annotation_ids
+            from boxcaseg.data.teacher import teacher_masks
+            teacher, summary = teacher_masks(
+                cfg.teacher_labels, coco.raw["annotations"],
+                gt_annotation_ids(coco.raw["annotations"]) if cfg.gt_masks else set(),
+                cfg.teacher_min_score, cfg.teacher_weight)
+            log.info("%s", summary.format())
         box_ds = BoxCropDataset(coco, cfg.crop_size, augment=True, cache_bytes=cache,
-                                jitter=cfg.box_jitter, gt_masks=cfg.gt_masks)
+                                jitter=cfg.box_jitter, gt_masks=cfg.gt_masks, teacher=teacher)
         screen_box_dataset(box_ds, cfg.max_bad_fraction)
         if len(box_ds) == 0:
             raise DataError(f"{cfg.boxes_json}: no usable (non-crowd) boxes to train on")
@@ -181,7 +190,8 @@ class BoxCasegLoop(TrainLoop):
             out_dir=cfg.out_dir, log_every=cfg.log_every,
             checkpoint_every=cfg.checkpoint_every, progress=progress)
         self.inputs = input_fingerprints(
-            {"boxes_json": cfg.boxes_json if box_ds is not None else None},
+            {"boxes_json": cfg.boxes_json if box_ds is not None else None,
+             "teacher_labels": cfg.teacher_labels if box_ds is not None else None},
             {"salient listing": salient_listing(sal_ds.folder)
              if sal_ds is not None and hasattr(sal_ds.folder, "names") else None})
 
@@ -191,7 +201,8 @@ class BoxCasegLoop(TrainLoop):
             raise ConfigError(f"{self.last}: saved model config {ckpt.get('model_config')} "
                               f"differs from the requested {to_dict(cfg.model)}; cannot resume")
         check_resume(self.last, ckpt.get("train_config"), to_dict(cfg), ckpt.get("inputs"),
-                     self.inputs, RUNTIME_KEYS | {"boxes_json", "salient_root"})  # by content
+                     self.inputs, RUNTIME_KEYS | {"boxes_json", "salient_root", "teacher_labels"})
+        # (files are compared by content)
 
     def before_train(self) -> None:
         info = self.info

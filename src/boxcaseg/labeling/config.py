@@ -12,11 +12,12 @@ from dataclasses import dataclass, replace
 
 from boxcaseg.errors import ConfigError
 
-METHODS = ("boxcaseg", "grabcut", "box")
+METHODS = ("boxcaseg", "grabcut", "box", "sam")
+SAM_MODELS = ("vit_b", "vit_l", "vit_h")  # official SAM model types (labeling/sam.py)
 REFINES = ("none", "guided", "grabcut")
 # how a run is executed, not what it produces: free to change on ``label --resume``
 RUNTIME_KEYS = frozenset({"device", "batch_size", "chunk_images", "jit", "fuse", "precision",
-                          "channels_last"})
+                          "channels_last", "sam_batch"})
 
 
 @dataclass
@@ -61,6 +62,10 @@ class LabelConfig:
     native_resolution: bool = True  # predict at the model's output resolution and resample only
     #                               # the box's own pixels (instead of upsampling to crop_size)
     grabcut_iters: int = 5        # cv2.grabCut iterations for the GrabCut baseline
+    # --- method sam (labeling/sam.py; the checkpoint is --sam-checkpoint) ------------------
+    sam_model: str = "vit_b"      # SAM model type of the checkpoint: vit_b, vit_l or vit_h
+    sam_batch: int = 64           # boxes per SAM prompt batch (one image embedding per image)
+    sam_multimask: bool = False   # keep the best of SAM's 3 masks by its predicted IoU
     # --- output ---------------------------------------------------------------------------
     segmentation: str = "rle"     # "rle" (COCO compressed RLE) or "polygon" (exact, holes
     #                               # keyholed: labeling/masks.py)
@@ -93,6 +98,11 @@ class LabelConfig:
             raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.grabcut_iters < 1:
             raise ConfigError(f"grabcut_iters must be >= 1, got {self.grabcut_iters}")
+        if self.sam_model not in SAM_MODELS:
+            raise ConfigError(f"sam_model must be one of {list(SAM_MODELS)}, got "
+                              f"{self.sam_model!r}")
+        if self.sam_batch < 1:
+            raise ConfigError(f"sam_batch must be >= 1, got {self.sam_batch}")
         if self.segmentation not in ("rle", "polygon"):
             raise ConfigError(f"segmentation must be rle or polygon, got {self.segmentation!r}")
         if self.chunk_images < 1:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +175,35 @@ def label_info(data: Mapping[str, Any]) -> dict[str, Any]:
     """The ``boxcaseg_label`` block of a labels dict ({} when absent)."""
     block = data.get(LABEL_BLOCK)
     return dict(block) if isinstance(block, dict) else {}
+
+
+def iter_annotations(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """The annotations of a labels file in any ``boxcaseg label --format`` (``dataset``,
+    ``results``, ``jsonl``), streamed where the format allows; results entries are given
+    their ``annotation_id`` as ``id``."""
+    from boxcaseg.io import read_json
+
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}: line {n} is not JSON ({e.msg})") from None
+                yield from row.get("annotations", [])
+        return
+    data = read_json(path)
+    if isinstance(data, dict) and isinstance(data.get("annotations"), list):
+        yield from data["annotations"]
+    elif isinstance(data, list):  # results format
+        for r in data:
+            if not isinstance(r, dict) or "annotation_id" not in r:
+                raise DataError(f"{path}: a results list whose entries lack annotation_id "
+                                "(teacher_labels takes `boxcaseg label` output)")
+            yield {**r, "id": r["annotation_id"]}
+    else:
+        raise DataError(f"{path}: not a labels file (a COCO dataset with annotations, a "
+                        "results list or a jsonl file from `boxcaseg label`)")
