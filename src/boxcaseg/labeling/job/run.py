@@ -43,6 +43,7 @@ from boxcaseg.labeling.job.stream import label_tasks
 from boxcaseg.labeling.job.summary import LabelSummary
 from boxcaseg.labeling.job.writers import FORMATS
 from boxcaseg.labeling.labeler import BoxLabeler
+from boxcaseg.labeling.sources import Boxcaseg
 from boxcaseg.runlock import OutputLock, OutputLockedError
 
 log = logging.getLogger(__name__)
@@ -212,10 +213,10 @@ def _label_part(boxes: BoxInput, out: Path, progress_file: Path, part: Path | No
     barrier(info)
     summary.images_resumed = len(done)
 
-    predictor = getattr(labeler.source, "predictor", None)
-    if predictor is not None:
-        log.info("BoxCaseg predictor on %s, TorchScript %s", predictor.device,
-                 "on" if predictor.jit_used else "off")
+    if isinstance(labeler.source, Boxcaseg):
+        pred = labeler.source.predictor
+        log.info("BoxCaseg predictor on %s, TorchScript %s", pred.device,
+                 "on" if pred.jit_used else "off")
 
     done_set = set(done)
     todo = [int(i) for i in shard_images if int(i) not in done_set]
