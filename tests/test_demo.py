@@ -36,6 +36,9 @@ def test_quick_demo_writes_the_results_schema(quick_demo):
     for s, r in res["maskrcnn"].items():
         assert all(_fraction(r[k]) for k in ("AP", "AP50", "AP75")), (s, r)
     assert res["seconds"] > 0
+    stages = res["stage_seconds"]
+    assert list(stages) == ["data", "boxcaseg_training", "labeling", "maskrcnn", "overlays"]
+    assert all(v >= 0 for v in stages.values()) and sum(stages.values()) <= res["seconds"]
     # the filled box covers every GT mask, so its IoU is area(mask)/area(box): never 0, and
     # the trained labelers differ from it (they really predicted something)
     assert res["proxy_masks"]["box"]["miou_star"] > 0.3

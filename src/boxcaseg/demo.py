@@ -316,14 +316,19 @@ def run_demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, seed: in
     prev = stages.dir / "seconds.json"
     seconds_before = 0.0 if fresh or not prev.is_file() else float(read_json(prev)["seconds"])
 
-    stage = _banner
+    marks: list[tuple[str, float]] = []
 
-    stage(f"1/5 demo data ({'quick' if quick else 'full'} size) in {out / 'data'}")
+    def stage(title: str, key: str) -> None:
+        marks.append((key, time.perf_counter()))
+        _banner(title)
+
+    stage(f"1/5 demo data ({'quick' if quick else 'full'} size) in {out / 'data'}", "data")
     data = make_demo_data(out / "data", seed, n_salient=size.n_salient, n_train=size.n_train,
                           n_val=size.n_val, image_size=size.image_size,
                           salient_size=size.salient_size, progress=progress)
 
-    stage("2/5 BoxCaseg training: all three heads, then the weak-head-only ablation")
+    stage("2/5 BoxCaseg training: all three heads, then the weak-head-only ablation",
+          "boxcaseg_training")
     ckpts = {
         "boxcaseg": _train_boxcaseg("boxcaseg", data, out, size, size.boxcaseg_steps,
                                     ["weak", "salient", "transferred"], seed, stages, fresh,
@@ -332,21 +337,24 @@ def run_demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, seed: in
                                          ["weak"], seed, stages, fresh, progress),
     }
 
-    stage("3/5 proxy masks for the training boxes, scored against the hidden GT masks")
+    stage("3/5 proxy masks for the training boxes, scored against the hidden GT masks",
+          "labeling")
     proxy = {m: _label(m, data, out, size, ckpts, stages, progress) for m in LABEL_METHODS}
 
-    stage("4/5 Mask R-CNN trained on each set of masks, evaluated on the validation images")
+    stage("4/5 Mask R-CNN trained on each set of masks, evaluated on the validation images",
+          "maskrcnn")
     train_jsons = {"box": Path(proxy["box"]["labels"]),
                    "grabcut": Path(proxy["grabcut"]["labels"]),
                    "boxcaseg": Path(proxy["boxcaseg"]["labels"]), "gt": data["train_gt"]}
     mrcnn = {s: _maskrcnn(s, train_jsons[s], data, out, size, seed, stages, progress)
              for s in MASKRCNN_SOURCES}
 
-    stage("5/5 results")
+    stage("5/5 results", "overlays")
     overlays = _overlays(data, out, {m: proxy[m]["labels"] for m in ("box", "grabcut",
                                                                      "boxcaseg")},
                          mrcnn["boxcaseg"]["checkpoint"], size.overlays)
     seconds = seconds_before + time.perf_counter() - t_start
+    ends = [t for _, t in marks[1:]] + [time.perf_counter()]
     results = {
         "version": RESULTS_VERSION,
         "quick": quick,
@@ -361,6 +369,8 @@ def run_demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, seed: in
         "maskrcnn_voc": {s: mrcnn[s]["voc"] for s in MASKRCNN_SOURCES},
         "overlays": overlays,
         "seconds": seconds,
+        # this run's wall time per stage (stages reused from an earlier run take ~0 here)
+        "stage_seconds": {name: round(end - t, 1) for (name, t), end in zip(marks, ends)},
     }
     atomic_write_json(prev, {"seconds": seconds})
     atomic_write_json(out / "results.json", results, indent=2)
