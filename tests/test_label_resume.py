@@ -194,3 +194,37 @@ def test_progress_records_are_bound_to_their_images_input(tmp_path):
     assert len(set(hashes.values())) == len(hashes) == 5
     assert all(isinstance(h, str) and len(h) == 16 for h in hashes.values())
     assert np.all([r["anns"] or r["image_id"] for r in recs])
+
+
+def test_crops_are_made_in_groups_so_memory_is_flat_in_boxes_per_image(monkeypatch):
+    """3000 boxes on one image used to become one [3000, 3, S, S] crop tensor (4.4 GB peak);
+    now crops are made, run and pasted a group at a time (issue 19)."""
+    from boxcaseg.labeling.labeler import BoxLabeler
+    from boxcaseg.labeling.predictor import CROPS_IN_FLIGHT, BoxcasegPredictor
+    from test_labeler import RedModel, _red_image
+
+    img, _ = _red_image(64, 80)
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 60, size=(500, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(3, 20, size=(500, 2))], axis=1)
+    sizes = []
+    real = BoxcasegPredictor.predict_crops
+
+    def spy(self, crops):
+        sizes.append(crops.shape[0])
+        return real(self, crops)
+
+    monkeypatch.setattr(BoxcasegPredictor, "predict_crops", spy)
+    cfg = LabelConfig(crop_size=16, jit=False, batch_size=5)
+    grouped = BoxLabeler.for_method("boxcaseg", RedModel(), cfg).label(img, boxes)
+    group = BoxLabeler.for_method("boxcaseg", RedModel(), cfg).source.predictor.group_size
+    assert group % 5 == 0 and group >= CROPS_IN_FLIGHT
+    assert max(sizes) == group and sum(sizes) == 500
+    assert len(grouped) == 500
+    # the raw masks are those of one box at a time
+    source = BoxLabeler.for_method("boxcaseg", RedModel(), cfg).source
+    (raw,) = source.masks([img], [boxes])
+    for k in (0, 123, 499):
+        (one,) = source.masks([img], [boxes[k:k + 1]])
+        assert np.array_equal(one.masks[0].mask, raw.masks[k].mask)
+        assert (one.masks[0].c0, one.masks[0].r0) == (raw.masks[k].c0, raw.masks[k].r0)
