@@ -208,8 +208,14 @@ def compare(base: dict, new: dict) -> str:
         spread = max(a["max"] - a["min"], b["max"] - b["min"])
         ok = gain > spread
         adopt &= ok
+        paired = ""
+        if len(a["values"]) == len(b["values"]) and new.get("train_overrides") == \
+                base.get("train_overrides"):  # the same models relabeled: per-seed gains
+            d = [y - x for x, y in zip(a["values"], b["values"])]
+            paired = f"; per seed {', '.join(f'{v:+.3f}' for v in d)}"
         lines.append(f"{set_name}: {a['mean']:.3f} -> {b['mean']:.3f} ({gain:+.3f}; seed "
-                     f"spread {spread:.3f}): {'helps' if ok else 'not more than the spread'}")
+                     f"spread {spread:.3f}{paired}): "
+                     f"{'helps' if ok else 'not more than the spread'}")
     lines.append(f"verdict: {'adopt' if adopt else 'do not adopt'} {new['name']!r}")
     return "\n".join(lines)
 
