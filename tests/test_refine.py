@@ -93,12 +93,34 @@ def test_refinement_runs_in_the_labeler_and_stays_in_its_box(refine):
     boxes = np.array([[16.0, 8.0, 72.0, 56.0]])
     base = BoxLabeler.for_method("boxcaseg", Coarse(), LabelConfig(crop_size=32, jit=False))
     ref = BoxLabeler.for_method("boxcaseg", Coarse(),
-                                LabelConfig(crop_size=32, jit=False, refine=refine))
+                                LabelConfig(crop_size=32, jit=False, refine=refine,
+                                            refine_min_area=0))
     (m0,), (m1,) = base.label(img, boxes), ref.label(img, boxes)
     h, w = img.shape[:2]
     full = m1.full_mask(h, w)
     assert not full[:, :16].any() and not full[:8].any()  # never outside the box
     assert _iou(full, obj) >= _iou(m0.full_mask(h, w), obj)
+
+
+def test_only_boxes_of_the_minimum_area_are_refined(monkeypatch):
+    from boxcaseg.labeling import refine as refine_mod
+    from test_labeler import RedModel
+
+    seen = []
+    real = refine_mod.refine_mask
+
+    def spy(mode, image, c0, r0, p, threshold):
+        seen.append(p.shape)
+        return real(mode, image, c0, r0, p, threshold)
+
+    monkeypatch.setattr(refine_mod, "refine_mask", spy)
+    img, _ = _scene()
+    boxes = [[0, 0, 8, 8], [0, 0, 40, 50], [10, 10, 30, 30]]  # areas 64, 2000, 400
+    cfg = LabelConfig(crop_size=16, jit=False, refine="guided", refine_min_area=400)
+    BoxLabeler.for_method("boxcaseg", RedModel(), cfg).label(img, boxes)
+    assert sorted(seen) == [(20, 20), (50, 40)]
+    with pytest.raises(ConfigError, match="refine_min_area"):
+        LabelConfig(refine_min_area=-1)
 
 
 def test_unknown_refinement_is_refused():

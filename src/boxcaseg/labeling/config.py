@@ -38,6 +38,10 @@ class LabelConfig:
     # (labeling/refine.py): "none", "guided" (guided filter, cheap) or "grabcut" (GrabCut
     # seeded by the network's map: a slower quality mode)
     refine: str = "none"
+    # refine only boxes of at least this many square pixels: COCO's "large" (96 x 96), where
+    # the coarse map loses the edge; on small boxes GrabCut's colour models have too few
+    # pixels and refining them lowered mIoU* (bench/results_real.md)
+    refine_min_area: float = 9216.0
     # --- merge and drop (Sec. 3.4) --------------------------------------------------------
     merge: bool = True            # "smaller object better"
     drop: bool = True             # "proxy box agreement"
@@ -88,6 +92,8 @@ class LabelConfig:
             raise ConfigError(f"min_score must be in [0, 1] or null, got {self.min_score}")
         if self.refine not in REFINES:
             raise ConfigError(f"refine must be one of {list(REFINES)}, got {self.refine!r}")
+        if self.refine_min_area < 0:
+            raise ConfigError(f"refine_min_area must be >= 0, got {self.refine_min_area}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.alpha is not None and not 0.0 <= self.alpha <= 1.0:

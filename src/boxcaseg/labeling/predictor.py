@@ -123,14 +123,15 @@ def box_probs(probs: torch.Tensor, box_xyxy: np.ndarray, region: np.ndarray, hei
 
 def paste_probs_boxes(probs: torch.Tensor, boxes_xyxy: np.ndarray, regions: np.ndarray,
                       height: int, width: int, threshold: float, mode: str = "fixed",
-                      image: np.ndarray | None = None, refine: str = "none"
-                      ) -> list[BoxMask]:
+                      image: np.ndarray | None = None, refine: str = "none",
+                      refine_min_area: float = 0.0) -> list[BoxMask]:
     """Probability maps [K, 1, h, w] of crop regions -> K box-sized masks (``BoxMask``).
 
     Only the pixels each box covers (``snap_box``, clipped to the image) are sampled, so a
     mask never leaks outside its box. ``mode="minmax"`` rescales each map first
     (:func:`minmax_normalize`). ``refine`` (with the RGB ``image``): an image-driven
-    refinement of each box's map at full resolution (``labeling.refine``).
+    refinement of the map at full resolution (``labeling.refine``) for each box of at least
+    ``refine_min_area`` square pixels.
     """
     k = probs.shape[0]
     out = []
@@ -139,7 +140,8 @@ def paste_probs_boxes(probs: torch.Tensor, boxes_xyxy: np.ndarray, regions: np.n
         probs = minmax_normalize(probs)
     for i in range(k):  # tiny per-box resampling ops; the model already ran batched
         c0, r0, p = box_probs(probs[i:i + 1], boxes_xyxy[i], regions[i], height, width)
-        if refine != "none" and p.numel():
+        b = boxes_xyxy[i]
+        if refine != "none" and p.numel() and (b[2] - b[0]) * (b[3] - b[1]) >= refine_min_area:
             from boxcaseg.labeling.refine import refine_mask
             local = refine_mask(refine, image, c0, r0, p.cpu().numpy(), threshold)
         else:
@@ -310,7 +312,8 @@ class BoxcasegPredictor:
                 p = p_all[start:start + len(b)]
                 h, w = images[i].shape[:2]
                 masks[i].extend(paste_probs_boxes(p, b, r, h, w, cfg.threshold,
-                                                  cfg.threshold_mode, images[i], cfg.refine))
+                                                  cfg.threshold_mode, images[i], cfg.refine,
+                                                  cfg.refine_min_area))
                 probs[i].append(p.cpu())
                 start += len(b)
             crops.clear()
