@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     out = args.out or ("runs/demo-quick" if args.quick else "runs/demo")
     from boxcaseg.io import check_output_path
-    check_output_path(out, kind="dir")  # before 13 minutes of work, not after
+    check_output_path(out, kind="dir")  # before 11 minutes of work, not after
     run_demo(out, quick=args.quick, seed=args.seed, fresh=args.fresh,
              progress=not args.no_progress, all_maskrcnn=args.all_maskrcnn)
     return 0
