@@ -38,7 +38,8 @@ def test_quick_demo_writes_the_results_schema(quick_demo):
     assert res["seconds"] > 0
     stages = res["stage_seconds"]
     assert list(stages) == ["data", "boxcaseg_training", "labeling", "maskrcnn", "overlays"]
-    assert all(v >= 0 for v in stages.values()) and sum(stages.values()) <= res["seconds"]
+    # each stage rounded to 0.1 s
+    assert all(v >= 0 for v in stages.values()) and sum(stages.values()) <= res["seconds"] + 0.3
     # the filled box covers every GT mask, so its IoU is area(mask)/area(box): never 0, and
     # the trained labelers differ from it (they really predicted something)
     assert res["proxy_masks"]["box"]["miou_star"] > 0.3
