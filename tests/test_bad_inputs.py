@@ -253,6 +253,7 @@ def trained(tmp_path_factory):
     return root, data, out
 
 
+@pytest.mark.slow  # trains
 def test_train_resume_refused_when_the_box_file_changed(trained, capsys, tmp_path):
     root, data, out = trained
     boxes = json.loads(Path(data["boxes_json"]).read_text())
@@ -284,6 +285,7 @@ def test_train_resume_refused_when_the_config_or_salient_set_changed(trained, ca
         s0.write_bytes(original)
 
 
+@pytest.mark.slow  # trains
 def test_train_maskrcnn_resume_refused_when_train_json_changed(mrcnn_run, capsys, tmp_path):
     root, data = mrcnn_run
     gt = json.loads(Path(data["train_json"]).read_text())
@@ -470,6 +472,7 @@ def test_bad_training_sample_fails_up_front_over_the_threshold(kind, tmp_path, c
     assert not (tmp_path / "run" / "last.pt").exists()  # stopped before the first step
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize("kind", BAD_KINDS)
 def test_bad_training_sample_is_skipped_and_counted_under_the_threshold(kind, tmp_path, capsys,
                                                                          caplog):
@@ -489,6 +492,7 @@ def _truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])  # header intact, pixel data cut
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize("workers", [0, 1])
 def test_a_sample_that_breaks_mid_run_does_not_kill_training(workers, tmp_path, capsys, caplog):
     data = make_train_data(tmp_path / "d")
@@ -504,6 +508,7 @@ def test_a_sample_that_breaks_mid_run_does_not_kill_training(workers, tmp_path, 
                    for r in caplog.records)
 
 
+@pytest.mark.slow  # trains
 def test_train_maskrcnn_skips_a_bad_image_and_counts_it(tmp_path, capsys, caplog):
     data = make_mask_data(tmp_path / "m", n=3)
     (Path(data["images_root"]) / "1.png").write_bytes(b"junk")

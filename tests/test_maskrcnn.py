@@ -187,6 +187,7 @@ def _losses(model, images, targets, valid):
         return {k: v.detach() for k, v in model(images, tg).items()}
 
 
+@pytest.mark.slow  # trains
 def test_ignore_flags_change_only_the_mask_loss_and_stock_models_are_unaffected():
     torch.manual_seed(0)
     cfg = tiny_cfg()

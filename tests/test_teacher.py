@@ -189,6 +189,7 @@ def recorder(monkeypatch):
     return rec
 
 
+@pytest.mark.slow  # trains
 def test_train_with_a_teacher_weights_its_masks_by_score(demo, box_labels, tmp_path,
                                                          recorder):
     path, used, _ = _edited(box_labels, tmp_path / "t.json")
@@ -211,6 +212,7 @@ def test_train_with_a_teacher_weights_its_masks_by_score(demo, box_labels, tmp_p
     assert f"teacher_labels: {path}" in cfg and "teacher_weight: score" in cfg
 
 
+@pytest.mark.slow  # trains
 def test_ignored_teacher_masks_are_never_used(demo, box_labels, tmp_path, recorder):
     """A labels file whose masks are all ignore_mask: the run is the teacher-less run."""
     data = json.loads(box_labels.read_text())
@@ -240,6 +242,7 @@ def test_resume_refuses_a_changed_teacher(demo, box_labels, tmp_path, capsys):
     assert "teacher_labels changed (content hash differs)" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains
 def test_self_training_and_sam_labels_go_through_the_same_path(demo, box_labels, tmp_path):
     """BoxCaseg's own masks (a labels file of --method boxcaseg) and SAM's teach alike."""
     assert main(_train_argv(demo, tmp_path / "r0", "max_steps=2")) == 0
