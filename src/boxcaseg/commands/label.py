@@ -42,8 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "field; default vit_b)")
     parser.add_argument("--config", help="YAML with LabelConfig fields")
     parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted run (same command, same number of "
-                        "processes / same --shard): finished images are kept")
+                        help="continue an interrupted run: finished images are kept unless "
+                        "their annotations changed (any number of processes / shards; device, "
+                        "batch size, jit and precision may change; the method, mask settings "
+                        "and model may not)")
     parser.add_argument("--format", choices=("dataset", "results", "jsonl"), default="dataset",
                         help="dataset: the input COCO JSON with masks (default); results: a "
                         "COCO results list with score (loadRes, COCOeval); jsonl: one line per "
