@@ -41,7 +41,7 @@ import numpy as np
 from boxcaseg.errors import ConfigError, DataError
 from boxcaseg.labeling.config import LabelConfig
 from boxcaseg.labeling.postprocess import ignores
-from boxcaseg.labeling.schema import GT, IGNORE_MASK, MASK_SOURCE, PROXY_IOU, SCORE, read_labels
+from boxcaseg.labeling.schema import GT, IGNORE_MASK, MASK_SOURCE, PROXY_IOU, SCORE
 
 SIGNALS = ("score", "proxy_iou")
 MIN_MASKS = 10          # fewer calibration masks: refused (see the module docstring)

@@ -82,8 +82,9 @@ def assign_shards(weights: np.ndarray, num_shards: int) -> np.ndarray:
 def make_header(boxes: BoxInput, method: str, cfg: LabelConfig, source: dict[str, Any],
                 shard: int, num_shards: int) -> dict[str, Any]:
     config = to_dict(cfg)
-    binding = {"method": method, "config": {k: v for k, v in config.items()
-                                            if k in mask_settings(cfg)}, "source": source}
+    bound = mask_settings(cfg)
+    binding = {"method": method, "config": {k: v for k, v in config.items() if k in bound},
+               "source": source}
     return {"part_version": PART_VERSION, "method": method, "config": config, "source": source,
             "config_fingerprint": config_fingerprint(binding),
             "input": {"source": boxes.source, "fingerprint": boxes.fingerprint,

@@ -229,7 +229,7 @@ def _label_part(boxes: BoxInput, out: Path, progress_file: Path, part: Path | No
         with tqdm(total=len(shard_images), initial=len(done), unit="img", desc=desc,
                   disable=not progress, position=k if n > 1 else None) as bar:
             for chunk in label_tasks(labeler, (boxes.task(i) for i in todo)):
-                writer.write([_dumps(r.record(segmentation)) for r in chunk])
+                writer.write([json.dumps(r.record(segmentation)) for r in chunk])
                 records += len(chunk)
                 summary.instances_this_run += sum(len(r.task.ann_ids) for r in chunk
                                                   if r.labels is not None)
@@ -249,7 +249,3 @@ def _is_progress_of(p: Path, out: Path, n: int) -> bool:
     """True iff ``p`` is the progress file of one of this run's ``n`` ranks (each rank
     replaces its own)."""
     return any(p == sidecar_path(part_path(out, j, n)) for j in range(n))
-
-
-def _dumps(record: dict[str, Any]) -> str:
-    return json.dumps(record)
