@@ -123,10 +123,13 @@ def label_and_score(method: str, set_dir: Path, out: Path, cfg: LabelConfig, mod
 
 
 def train_config(args: argparse.Namespace, set_dir: Path, seed: int, out: Path) -> TrainConfig:
+    """The recipe with this run's overrides; ``{set}`` and ``{seed}`` in an override are
+    filled in, so a self-training round can name each model's own teacher labels
+    (``teacher_labels=runs/real/labels/recipe/{set}-{seed}.json``)."""
+    overrides = [o.format(set=set_dir.name, seed=seed) for o in args.overrides]
     return load_config(TrainConfig, args.config or packaged_config(RECIPE), [
         f"salient_root={args.salient}", f"boxes_json={set_dir / 'boxes.json'}",
-        f"images_root={set_dir / 'images'}", f"out_dir={out}", f"seed={seed}",
-        *args.overrides])
+        f"images_root={set_dir / 'images'}", f"out_dir={out}", f"seed={seed}", *overrides])
 
 
 def checkpoint(args: argparse.Namespace, set_name: str, seed: int) -> tuple[Path, float]:
@@ -136,6 +139,8 @@ def checkpoint(args: argparse.Namespace, set_name: str, seed: int) -> tuple[Path
     set_dir = Path(args.data) / set_name
     probe = to_dict(train_config(args, set_dir, seed, Path("x")))
     probe.pop("out_dir")
+    if probe.get("teacher_labels"):  # the teacher's content, not only its path, names the model
+        probe["teacher_sha"] = hashlib.sha256(Path(probe["teacher_labels"]).read_bytes()).hexdigest()
     key = hashlib.sha256(json.dumps(probe, sort_keys=True).encode()).hexdigest()[:12]
     run = Path(args.out) / "ckpt" / key / set_name / f"seed{seed}"
     final = run / "final.pt"
