@@ -31,6 +31,11 @@ class TrainConfig:
     teacher_labels: str = ""
     teacher_min_score: float | None = None  # use only teacher masks with score >= this
     teacher_weight: str = "score"  # pixel-loss weight of a teacher mask: "score" or "uniform" (1)
+    # self-training (engine/self_train.py; not in the paper): after training, label boxes_json
+    # with the model, refined by self_train_refine (LabelConfig.refine), and train again with
+    # those masks as teacher_labels; this many times
+    self_train_rounds: int = 0
+    self_train_refine: str = "grabcut"
     num_salient: int | None = None  # use N salient images, a random sample drawn with `seed`; None = all
     cache_images_mb: int = 1024  # keep decoded images in RAM if the set fits (per worker)
     # unusable samples (unreadable, size mismatch, empty mask) are skipped and counted; the run
@@ -100,6 +105,14 @@ class TrainConfig:
                               f"{self.teacher_weight!r}")
         if self.teacher_labels and self.box_per_batch == 0:
             raise ConfigError("teacher_labels supervises box images: it needs box_per_batch > 0")
+        if self.self_train_rounds < 0:
+            raise ConfigError(f"self_train_rounds must be >= 0, got {self.self_train_rounds}")
+        if self.self_train_rounds and self.box_per_batch == 0:
+            raise ConfigError("self_train_rounds labels the box images: it needs box_per_batch > 0")
+        from boxcaseg.labeling.config import REFINES
+        if self.self_train_refine not in REFINES:
+            raise ConfigError(f"self_train_refine must be one of {list(REFINES)}, got "
+                              f"{self.self_train_refine!r}")
         if self.pixel_heads_on not in ("salient", "all"):
             raise ConfigError("pixel_heads_on must be 'salient' or 'all', got "
                               f"{self.pixel_heads_on!r}")

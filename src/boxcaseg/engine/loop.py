@@ -53,14 +53,22 @@ def training_session(device: str, out_dir: str, command: str, resume: bool
     """Join the process group, lock ``out_dir`` and refuse to overwrite a run by accident."""
     info = init_distributed(device)
     try:
-        with output_guard(out_dir, command, info.is_main):
-            last = Path(out_dir) / LAST
-            if last.exists() and not resume:
-                raise ConfigError(f"{last} exists: pass --resume to continue that run, or "
-                                  "choose another output directory")
+        with run_output(info, out_dir, command, resume):
             yield info
     finally:
         cleanup(info)
+
+
+@contextlib.contextmanager
+def run_output(info: DistInfo, out_dir: str, command: str, resume: bool) -> Iterator[None]:
+    """Lock ``out_dir`` and refuse to overwrite a run by accident (in a joined process group:
+    several runs of one session, e.g. self-training rounds, share it)."""
+    with output_guard(out_dir, command, info.is_main):
+        last = Path(out_dir) / LAST
+        if last.exists() and not resume:
+            raise ConfigError(f"{last} exists: pass --resume to continue that run, or "
+                              "choose another output directory")
+        yield
 
 
 def format_terms(terms: dict[str, float]) -> str:

@@ -33,7 +33,7 @@ from boxcaseg.data.transforms import normalize
 from boxcaseg.engine.checkpoint import rng_state
 from boxcaseg.engine.config import TrainConfig
 from boxcaseg.engine.distributed import DistInfo, barrier
-from boxcaseg.engine.loop import TrainLoop, optimizer_step, training_session
+from boxcaseg.engine.loop import TrainLoop, optimizer_step, run_output, training_session
 from boxcaseg.engine.run_guard import (RUNTIME_KEYS, check_resume, input_fingerprints,
                                        salient_listing)
 from boxcaseg.errors import ConfigError, DataError
@@ -146,7 +146,16 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     accident. Under ``torchrun`` each process trains on its share of every global batch.
     """
     cfg.validate()
+    if cfg.self_train_rounds > 0:  # train -> label -> train with those masks (self_train.py)
+        from boxcaseg.engine.self_train import self_train
+        return self_train(cfg, train_rounds_member, resume, progress)
     with training_session(cfg.device, cfg.out_dir, "boxcaseg train", resume) as info:
+        return _train(cfg, resume, info, progress)
+
+
+def train_rounds_member(cfg: TrainConfig, resume: bool, info: DistInfo, progress: bool) -> Path:
+    """One training of a multi-run session (self-training rounds) in a joined process group."""
+    with run_output(info, cfg.out_dir, "boxcaseg train", resume):
         return _train(cfg, resume, info, progress)
 
 

@@ -1,0 +1,72 @@
+"""bench/real_photos.py: the adopt-or-not rule and the self-training round's per-model teacher."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("real_photos", REPO / "bench" / "real_photos.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _args(tmp_path: Path, overrides: list[str]) -> argparse.Namespace:
+    return argparse.Namespace(config=None, salient=str(tmp_path / "sal"), overrides=overrides,
+                              data=str(tmp_path), out=str(tmp_path / "out"))
+
+
+def test_overrides_name_each_models_own_teacher(bench, tmp_path):
+    args = _args(tmp_path, ["teacher_labels=runs/{set}-{seed}.json", "max_steps=7"])
+    cfg = bench.train_config(args, tmp_path / "coco-dev", 2, tmp_path / "o")
+    assert cfg.teacher_labels == "runs/coco-dev-2.json"
+    assert cfg.max_steps == 7 and cfg.seed == 2
+    assert cfg.boxes_json == str(tmp_path / "coco-dev" / "boxes.json")
+
+
+def test_checkpoint_key_follows_the_teachers_content(bench, tmp_path, monkeypatch):
+    teacher = tmp_path / "t.json"
+    trained = []
+
+    def fake_train(cfg, resume=False, progress=True):  # records where it would train
+        trained.append(Path(cfg.out_dir))
+        Path(cfg.out_dir).mkdir(parents=True)
+        Path(cfg.out_dir, "final.pt").write_text("x")
+
+    import boxcaseg.engine.trainer as trainer
+    monkeypatch.setattr(trainer, "train", fake_train)
+    args = _args(tmp_path, [f"teacher_labels={teacher}"])
+    teacher.write_text(json.dumps({"annotations": [1]}))
+    first, _ = bench.checkpoint(args, "coco-dev", 0)
+    again, _ = bench.checkpoint(args, "coco-dev", 0)
+    assert first == again and len(trained) == 1  # cached
+    teacher.write_text(json.dumps({"annotations": [2]}))
+    other, _ = bench.checkpoint(args, "coco-dev", 0)
+    assert other != first and len(trained) == 2  # new teacher masks: a new model
+
+
+def _result(name: str, per_set: dict[str, list[float]], overrides=()) -> dict:
+    def agg(v):
+        return {"mean": sum(v) / len(v), "min": min(v), "max": max(v), "values": v}
+    return {"name": name, "train_overrides": list(overrides),
+            "sets": {s: {"boxcaseg": {"miou_star": agg(v)}} for s, v in per_set.items()}}
+
+
+def test_compare_adopts_only_a_gain_beyond_the_spread_on_every_set(bench):
+    base = _result("base", {"a": [0.60, 0.61, 0.62], "b": [0.70, 0.70, 0.71]})
+    both = _result("both", {"a": [0.66, 0.67, 0.68], "b": [0.75, 0.75, 0.76]}, ["x=1"])
+    one = _result("one", {"a": [0.66, 0.67, 0.68], "b": [0.70, 0.71, 0.72]}, ["x=1"])
+    assert bench.compare(base, both).endswith("adopt 'both'")
+    assert bench.compare(base, one).endswith("do not adopt 'one'")
+    relabel = _result("relabel", {"a": [0.61, 0.62, 0.63], "b": [0.71, 0.71, 0.72]})
+    assert "per seed +0.010, +0.010, +0.010" in bench.compare(base, relabel)
+    assert "per seed" not in bench.compare(base, one)  # other models: gains are not paired
