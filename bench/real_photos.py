@@ -139,6 +139,9 @@ def checkpoint(args: argparse.Namespace, set_name: str, seed: int) -> tuple[Path
     set_dir = Path(args.data) / set_name
     probe = to_dict(train_config(args, set_dir, seed, Path("x")))
     probe.pop("out_dir")
+    if not probe.get("self_train_rounds"):  # off, they change nothing: keys made before
+        probe.pop("self_train_rounds", None)  # they existed stay valid
+        probe.pop("self_train_refine", None)
     if probe.get("teacher_labels"):  # the teacher's content, not only its path, names the model
         probe["teacher_sha"] = hashlib.sha256(Path(probe["teacher_labels"]).read_bytes()).hexdigest()
     key = hashlib.sha256(json.dumps(probe, sort_keys=True).encode()).hexdigest()[:12]

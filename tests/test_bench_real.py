@@ -70,3 +70,17 @@ def test_compare_adopts_only_a_gain_beyond_the_spread_on_every_set(bench):
     relabel = _result("relabel", {"a": [0.61, 0.62, 0.63], "b": [0.71, 0.71, 0.72]})
     assert "per seed +0.010, +0.010, +0.010" in bench.compare(base, relabel)
     assert "per seed" not in bench.compare(base, one)  # other models: gains are not paired
+
+
+def test_self_training_off_leaves_the_cached_models_valid(bench, tmp_path, monkeypatch):
+    import boxcaseg.engine.trainer as trainer
+
+    def fake_train(cfg, resume=False, progress=True):
+        Path(cfg.out_dir).mkdir(parents=True)
+        Path(cfg.out_dir, "final.pt").write_text("x")
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    plain, _ = bench.checkpoint(_args(tmp_path, []), "coco-dev", 0)
+    off, _ = bench.checkpoint(_args(tmp_path, ["self_train_refine=guided"]), "coco-dev", 0)
+    on, _ = bench.checkpoint(_args(tmp_path, ["self_train_rounds=1"]), "coco-dev", 0)
+    assert off == plain and on != plain
