@@ -94,3 +94,45 @@ def test_a_round_is_train_label_train(demo, tmp_path):
     assert _same(_weights(run / "final.pt"), final)
     # without --resume an existing round is never overwritten
     assert main(_train_argv(demo, run, "self_train_rounds=1")) != 0
+
+
+def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, result_dir: str) -> None:
+    import os
+    from pathlib import Path
+
+    from boxcaseg.config import from_dict
+    from boxcaseg.engine.trainer import train
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    final = train(from_dict(TrainConfig, cfg_dict), progress=False)
+    Path(result_dir, f"rank{rank}.txt").write_text(str(final))
+
+
+@pytest.mark.slow  # two gloo processes train twice and label once
+def test_a_round_under_two_ddp_processes(demo, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from boxcaseg.config import to_dict
+    from boxcaseg.model import ModelConfig
+
+    cfg = TrainConfig(model=ModelConfig(backbone="resnet18", pretrained="none"),
+                      salient_root=str(demo["salient"]), boxes_json=str(demo["train"]),
+                      images_root=str(demo["images"]), batch_size=2, box_per_batch=1,
+                      crop_size=32, salient_resize=36, max_steps=2, num_workers=0,
+                      device="cpu", out_dir=str(tmp_path / "ddp"), self_train_rounds=1,
+                      self_train_refine="none")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, to_dict(cfg), str(tmp_path)), nprocs=2, join=True)
+    final = tmp_path / "ddp" / "final.pt"
+    assert (tmp_path / "rank0.txt").read_text() == (tmp_path / "rank1.txt").read_text() == str(final)
+    teacher = json.loads((tmp_path / "ddp" / "round0" / "teacher.json").read_text())
+    boxes = json.loads(demo["train"].read_text())["annotations"]
+    assert sorted(a["id"] for a in teacher["annotations"]) == sorted(a["id"] for a in boxes)
+    ck = torch.load(final, weights_only=False)
+    assert ck["step"] == 2 and ck["sampler"]["world_size"] == 2
+    assert ck["train_config"]["teacher_labels"] == str(tmp_path / "ddp" / "round0" / "teacher.json")
