@@ -9,6 +9,7 @@ chosen here: the poly schedule (HRNet segmentation default, power 0.9) and the e
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from boxcaseg.errors import ConfigError
 from boxcaseg.model import ModelConfig
@@ -78,6 +79,10 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps; a checkpoint is also written at the end
     log_every: int = 20  # steps between TensorBoard points
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+
+    def box_images(self) -> Path:
+        """The folder of the box images: ``images_root``, or ``images/`` beside ``boxes_json``."""
+        return Path(self.images_root) if self.images_root else Path(self.boxes_json).parent / "images"
 
     def validate(self) -> None:
         if hasattr(self.model, "validate"):

@@ -99,8 +99,7 @@ def label_teacher(cfg: TrainConfig, checkpoint: Path, out: Path, resume: bool,
     if out.is_file() and resume:
         log.info("self-training teacher %s is complete, kept", out)
         return
-    root = Path(cfg.images_root) if cfg.images_root else Path(cfg.boxes_json).parent / "images"
-    coco = load_coco(cfg.boxes_json, root)
+    coco = load_coco(cfg.boxes_json, cfg.box_images())
     model, _ = load_boxcaseg(checkpoint, map_location=info.device)
     label_cfg = LabelConfig(device=str(info.device), refine=cfg.self_train_refine)
     log.info("self-training: labeling %s with %s (refine=%s) -> %s", cfg.boxes_json,

@@ -52,8 +52,7 @@ def build_datasets(cfg: TrainConfig) -> tuple[BoxCropDataset | None, SalientCrop
     if cfg.box_per_batch > 0:
         if not cfg.boxes_json:
             raise ConfigError("boxes_json is required (the box-supervised training set)")
-        root = Path(cfg.images_root) if cfg.images_root else Path(cfg.boxes_json).parent / "images"
-        coco = load_coco(cfg.boxes_json, root)
+        coco = load_coco(cfg.boxes_json, cfg.box_images())
         teacher = None
         if cfg.teacher_labels:
             from boxcaseg.labeling.schema import gt_annotation_ids
