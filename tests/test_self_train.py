@@ -12,22 +12,12 @@ from boxcaseg.cli import main
 from boxcaseg.engine.config import TrainConfig
 from boxcaseg.engine.self_train import round_configs
 from boxcaseg.errors import ConfigError
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    from boxcaseg.data.demo import make_demo_data
-
-    return make_demo_data(tmp_path_factory.mktemp("demo"), seed=1, n_salient=4, n_train=4,
-                          n_val=1, image_size=96, salient_size=64, progress=False)
+from test_teacher import _train_argv as _teacher_argv
+from test_teacher import demo  # noqa: F401 (the same tiny demo set, a module fixture)
 
 
 def _train_argv(demo, out, *extra):
-    return ["train", "--out", str(out), "model.backbone=resnet18", "model.pretrained=none",
-            f"salient_root={demo['salient']}", f"boxes_json={demo['train']}",
-            f"images_root={demo['images']}", "batch_size=4", "box_per_batch=2",
-            "crop_size=32", "salient_resize=36", "max_steps=3", "lr=0.01", "num_workers=0",
-            "checkpoint_every=100", "device=cpu", "seed=0", *extra]
+    return _teacher_argv(demo, out, "max_steps=3", *extra)
 
 
 def _weights(path):
