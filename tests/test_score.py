@@ -14,7 +14,7 @@ from boxcaseg.labeling.config import LabelConfig
 from boxcaseg.labeling.job.run import label_dataset
 from boxcaseg.labeling.predictor import soft_ious
 from reference_impl import postprocess_fields as postprocess
-from boxcaseg.labeling.score import MaskFeatures, auroc, mask_score, spearman
+from boxcaseg.labeling.score import MaskFeatures, auroc, box_overlaps, mask_score, spearman
 
 
 class SoftRedModel(nn.Module):
@@ -51,13 +51,16 @@ def test_score_range_on_random_maps_and_features():
     rng = np.random.default_rng(0)
     for _ in range(500):
         f = MaskFeatures(proxy_iou=float(rng.random()), merge_kept=float(rng.random()),
-                         soft_iou=float(rng.random()) if rng.random() < 0.8 else None)
+                         soft_iou=float(rng.random()) if rng.random() < 0.8 else None,
+                         box_overlap=float(rng.random()))
         assert 0.0 <= mask_score(f) <= 1.0
     # each factor pulls the score down; a perfect mask scores 1
     assert mask_score(MaskFeatures(1.0, 1.0, 1.0)) == 1.0
     assert mask_score(MaskFeatures(0.25, 1.0, 1.0)) == pytest.approx(0.5)
     assert mask_score(MaskFeatures(1.0, 0.5, 0.8)) == pytest.approx(0.4)
     assert mask_score(MaskFeatures(0.0, 1.0, 1.0)) == 0.0
+    assert mask_score(MaskFeatures(1.0, 1.0, 1.0, box_overlap=0.3)) == pytest.approx(0.7)
+    assert mask_score(MaskFeatures(1.0, 1.0, None, box_overlap=1.0)) == 0.0
 
 
 def test_merge_lowers_the_score_of_the_mask_that_lost_pixels():
@@ -66,8 +69,37 @@ def test_merge_lowers_the_score_of_the_mask_that_lost_pixels():
     masks[1, 4:8, 4:8] = True
     boxes = np.array([[0, 0, 10, 10], [4, 4, 8, 8]], float)
     fields = postprocess(masks, boxes, LabelConfig(), soft=[1.0, 1.0])
-    assert fields[1]["score"] == 1.0            # the small one keeps all of its mask
-    assert fields[0]["score"] == pytest.approx((100 - 16) / 100)
+    overlap = 16 / 100  # the two boxes' IoU, in both scores
+    assert fields[1]["score"] == pytest.approx(1 - overlap)  # keeps all of its mask
+    assert fields[0]["score"] == pytest.approx((100 - 16) / 100 * (1 - overlap))
+
+
+def test_box_overlaps_known_values():
+    boxes = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [40, 40, 50, 50]], float)
+    # boxes 0 and 1 share half of each: IoU 50 / 150; box 2 is alone
+    assert box_overlaps(boxes) == pytest.approx([1 / 3, 1 / 3, 0.0])
+    assert box_overlaps(boxes[:1]) == pytest.approx([0.0])      # never with itself
+    assert box_overlaps(np.zeros((0, 4))).shape == (0,)
+    # identical boxes overlap fully; a GT-mask box of the image counts like any other box
+    assert box_overlaps(boxes[:1], boxes[:1]) == pytest.approx([1.0])
+    assert box_overlaps(boxes[2:], np.array([[45, 40, 55, 50]])) == pytest.approx([1 / 3])
+    # degenerate boxes (zero area) give no overlap instead of a division by zero
+    assert box_overlaps(np.array([[3, 3, 3, 3], [3, 3, 3, 3]], float)) == pytest.approx([0, 0])
+
+
+def test_overlapping_boxes_score_lower_than_the_same_masks_apart():
+    masks = np.zeros((2, 40, 60), bool)
+    masks[0, 5:25, 5:25] = True
+    masks[1, 5:25, 35:55] = True
+    apart = np.array([[5, 5, 25, 25], [35, 5, 55, 25]], float)
+    far = postprocess(masks, apart, LabelConfig(), soft=[0.9, 0.9])
+    assert [f["score"] for f in far] == pytest.approx([0.9, 0.9])
+    # the same second mask, but its box now covers most of the first box too
+    close = np.array([[5, 5, 25, 25], [8, 5, 55, 25]], float)
+    near = postprocess(masks, close, LabelConfig(), soft=[0.9, 0.9])
+    iou = 17 * 20 / (20 * 20 + 47 * 20 - 17 * 20)
+    assert near[0]["score"] == pytest.approx(0.9 * (1 - iou))
+    assert near[0]["score"] < far[0]["score"]
 
 
 def test_rank_metrics():

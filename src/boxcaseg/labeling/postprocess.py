@@ -11,7 +11,8 @@
   in the labels file, flagged ``ignore_mask`` (Mask R-CNN then leaves them out of its mask
   loss). :func:`ignores` is the one rule: ``label`` and ``calibrate --apply`` both call it.
 * Score: ``labeling.score`` (the mask's predicted IoU) from the source's own quality
-  estimate, the share of the mask that survived merge and the proxy IoU.
+  estimate, the share of the mask that survived merge, the proxy IoU and how much the box
+  overlaps another box of the image.
 
 Masks are :class:`~boxcaseg.labeling.masks.BoxMask` (box-sized); boxes XYXY floats [K, 4] in
 pixel-edge coordinates (``boxcaseg.structures``).
@@ -27,7 +28,7 @@ import numpy as np
 from boxcaseg.errors import DataError
 from boxcaseg.labeling.config import LabelConfig
 from boxcaseg.labeling.masks import BoxMask
-from boxcaseg.labeling.score import scores_for
+from boxcaseg.labeling.score import box_overlaps, scores_for
 from boxcaseg.structures import box_iou, snap_box
 
 
@@ -110,6 +111,7 @@ def postprocess(masks: Sequence[BoxMask], boxes_xyxy: np.ndarray, height: int, w
     elif cfg.merge and len(masks) > 1:
         masks = merge_smaller_first(masks, boxes, height, width)
     ious = [proxy_iou(m, b, height, width) for m, b in zip(masks, boxes)]
-    scores = scores_for(raw_areas, [m.area for m in masks], ious, quality)
+    overlaps = box_overlaps(boxes, fixed[1] if fixed is not None else None)
+    scores = scores_for(raw_areas, [m.area for m in masks], ious, quality, overlaps)
     return [Decision(m, iou, sc, ignores(m.area, iou, sc, cfg))
             for m, iou, sc in zip(masks, ious, scores)]

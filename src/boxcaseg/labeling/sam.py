@@ -22,7 +22,7 @@ best of the three masks by SAM's predicted IoU is kept. We could not measure whi
 
 How SAM's masks are scored (``labeling/score.py``): the labeler's score is
 
-    score = soft * merge_kept * sqrt(proxy_iou)
+    score = soft * merge_kept * sqrt(proxy_iou) * (1 - box_overlap)
 
 where ``soft`` is the source's own estimate of its mask's IoU with the object. For BoxCaseg
 that is the soft IoU under its probability map; for SAM it is SAM's *predicted IoU* (the IoU
