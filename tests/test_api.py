@@ -110,8 +110,9 @@ def test_a_mask_source_of_your_own_is_one_class(tmp_path):
     assert small.area == 50 and small.keep and small.source == "tophalf"
     # merge: the small box's pixels left the big mask; half a box is proxy IoU 0.5
     assert big.area == 800 - 50 and big.proxy_iou == pytest.approx(0.5) and big.keep
-    assert small.score == pytest.approx(0.5 * 1.0 * np.sqrt(0.5), abs=1e-6)
-    assert big.score == pytest.approx(0.5 * (750 / 800) * np.sqrt(0.5), abs=1e-6)
+    overlap = 100 / 1600  # the boxes' IoU
+    assert small.score == pytest.approx(0.5 * 1.0 * np.sqrt(0.5) * (1 - overlap), abs=1e-6)
+    assert big.score == pytest.approx(0.5 * (750 / 800) * np.sqrt(0.5) * (1 - overlap), abs=1e-6)
     # the keep rule: 0.5 < drop_iou 0.9 drops both
     strict = boxcaseg.BoxLabeler(TopHalf(), LabelConfig(drop_iou=0.9)).label(image, boxes)
     assert [m.keep for m in strict] == [False, False]
