@@ -15,6 +15,7 @@ from boxcaseg.labeling.job.run import label_dataset
 from boxcaseg.labeling.predictor import soft_ious
 from reference_impl import postprocess_fields as postprocess
 from boxcaseg.labeling.score import MaskFeatures, auroc, box_overlaps, mask_score, spearman
+from boxcaseg.structures import box_iou
 
 
 class SoftRedModel(nn.Module):
@@ -85,6 +86,14 @@ def test_box_overlaps_known_values():
     assert box_overlaps(boxes[2:], np.array([[45, 40, 55, 50]])) == pytest.approx([1 / 3])
     # degenerate boxes (zero area) give no overlap instead of a division by zero
     assert box_overlaps(np.array([[3, 3, 3, 3], [3, 3, 3, 3]], float)) == pytest.approx([0, 0])
+    # any memory layout and any chunking give the same answer as the scalar box IoU
+    rng = np.random.default_rng(5)
+    xy = rng.uniform(0, 50, (30, 2))
+    many = np.concatenate([xy, xy + rng.uniform(1, 30, (30, 2))], axis=1)
+    ref = [max(box_iou(a, c) for j, c in enumerate(many) if j != i) for i, a in enumerate(many)]
+    assert box_overlaps(many) == pytest.approx(ref)
+    assert box_overlaps(np.asfortranarray(many), chunk=7) == pytest.approx(ref)
+    assert box_overlaps(many[:10], many[10:], chunk=4) == pytest.approx(ref[:10])
 
 
 def test_overlapping_boxes_score_lower_than_the_same_masks_apart():

@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
 
 @dataclass(frozen=True)
@@ -66,25 +67,30 @@ def mask_score(f: MaskFeatures) -> float:
     return float(min(max(s, 0.0), 1.0))
 
 
-def box_overlaps(boxes_xyxy: np.ndarray, others_xyxy: np.ndarray | None = None) -> np.ndarray:
+def box_overlaps(boxes_xyxy: np.ndarray, others_xyxy: np.ndarray | None = None,
+                 chunk: int = 512) -> np.ndarray:
     """For each of the K boxes, its largest IoU with any other box of the image: the other
-    K - 1 and the ``others`` (e.g. the image's GT-mask boxes); 0 when alone."""
+    K - 1 and the ``others`` (e.g. the image's GT-mask boxes); 0 when alone.
+
+    pycocotools' box IoU (zero-area boxes overlap nothing), ``chunk`` rows at a time so a
+    crowded image (thousands of boxes) never holds the whole K x K matrix."""
     b = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
     o = b if others_xyxy is None else np.concatenate(
         [b, np.asarray(others_xyxy, dtype=np.float64).reshape(-1, 4)])
-    if len(b) == 0:
-        return np.zeros(0)
-    iw = np.clip(np.minimum(b[:, None, 2], o[None, :, 2]) - np.maximum(b[:, None, 0], o[None, :, 0]),
-                 0, None)
-    ih = np.clip(np.minimum(b[:, None, 3], o[None, :, 3]) - np.maximum(b[:, None, 1], o[None, :, 1]),
-                 0, None)
-    inter = iw * ih
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    area_o = (o[:, 2] - o[:, 0]) * (o[:, 3] - o[:, 1])
-    union = area_b[:, None] + area_o[None, :] - inter
-    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-    iou[np.arange(len(b)), np.arange(len(b))] = 0.0  # not with itself
-    return np.clip(iou.max(axis=1), 0.0, 1.0)
+    out = np.zeros(len(b))
+    if len(o) < 2:
+        return out
+    # C order: pycocotools reads the raw buffer, and a Fortran-ordered input (a transposed
+    # array) would give wrong IoUs without any error
+    bw, ow = (np.ascontiguousarray(np.concatenate([x[:, :2], x[:, 2:] - x[:, :2]], axis=1))
+              for x in (b, o))
+    crowd = np.zeros(len(o), np.uint8)
+    for r0 in range(0, len(b), chunk):
+        iou = np.array(mask_utils.iou(bw[r0:r0 + chunk], ow, crowd), dtype=np.float64, ndmin=2)
+        rows = np.arange(len(iou))
+        iou[rows, r0 + rows] = 0.0  # not with itself
+        out[r0:r0 + len(iou)] = iou.max(axis=1)
+    return np.clip(out, 0.0, 1.0)
 
 
 def scores_for(areas_before: Sequence[int], areas_after: Sequence[int],
