@@ -221,9 +221,10 @@ def compare(base: dict, new: dict) -> str:
                 base.get("train_overrides"):  # the same models relabeled: per-seed gains
             d = [y - x for x, y in zip(a["values"], b["values"])]
             paired = f"; per seed {', '.join(f'{v:+.3f}' for v in d)}"
+        said = ("helps" if ok else "worse by more than the spread" if -gain > spread
+                else "within the spread")
         lines.append(f"{set_name}: {a['mean']:.3f} -> {b['mean']:.3f} ({gain:+.3f}; seed "
-                     f"spread {spread:.3f}{paired}): "
-                     f"{'helps' if ok else 'not more than the spread'}")
+                     f"spread {spread:.3f}{paired}): {said}")
     lines.append(f"verdict: {'adopt' if adopt else 'do not adopt'} {new['name']!r}")
     return "\n".join(lines)
 

@@ -70,6 +70,10 @@ def test_compare_adopts_only_a_gain_beyond_the_spread_on_every_set(bench):
     relabel = _result("relabel", {"a": [0.61, 0.62, 0.63], "b": [0.71, 0.71, 0.72]})
     assert "per seed +0.010, +0.010, +0.010" in bench.compare(base, relabel)
     assert "per seed" not in bench.compare(base, one)  # other models: gains are not paired
+    worse = _result("worse", {"a": [0.50, 0.51, 0.52], "b": [0.70, 0.71, 0.71]}, ["x=1"])
+    said = bench.compare(base, worse).splitlines()
+    assert said[0].endswith("worse by more than the spread")  # a loss is not called noise
+    assert said[1].endswith("within the spread") and said[2].endswith("do not adopt 'worse'")
 
 
 def test_self_training_off_leaves_the_cached_models_valid(bench, tmp_path, monkeypatch):
