@@ -43,6 +43,8 @@ from dataclasses import dataclass
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from boxcaseg.structures import xyxy_to_xywh
+
 
 @dataclass(frozen=True)
 class MaskFeatures:
@@ -80,13 +82,13 @@ def box_overlaps(boxes_xyxy: np.ndarray, others_xyxy: np.ndarray | None = None,
     out = np.zeros(len(b))
     if len(o) < 2:
         return out
-    # C order: pycocotools reads the raw buffer, and a Fortran-ordered input (a transposed
-    # array) would give wrong IoUs without any error
-    bw, ow = (np.ascontiguousarray(np.concatenate([x[:, :2], x[:, 2:] - x[:, :2]], axis=1))
-              for x in (b, o))
+    # built row by row, hence C-ordered: pycocotools reads the raw buffer, and a
+    # Fortran-ordered array (a transposed input) would give wrong IoUs without any error
+    ow = np.array([xyxy_to_xywh(x) for x in o], dtype=np.float64)
     crowd = np.zeros(len(o), np.uint8)
     for r0 in range(0, len(b), chunk):
-        iou = np.array(mask_utils.iou(bw[r0:r0 + chunk], ow, crowd), dtype=np.float64, ndmin=2)
+        rows_xywh = ow[r0:min(r0 + chunk, len(b))]  # ``o`` starts with the K boxes themselves
+        iou = np.array(mask_utils.iou(rows_xywh, ow, crowd), dtype=np.float64, ndmin=2)
         rows = np.arange(len(iou))
         iou[rows, r0 + rows] = 0.0  # not with itself
         out[r0:r0 + len(iou)] = iou.max(axis=1)
