@@ -132,10 +132,8 @@ def train_config(args: argparse.Namespace, set_dir: Path, seed: int, out: Path) 
         f"images_root={set_dir / 'images'}", f"out_dir={out}", f"seed={seed}", *overrides])
 
 
-def checkpoint(args: argparse.Namespace, set_name: str, seed: int) -> tuple[Path, float]:
-    """The trained model of (training config, set, seed), trained now if not cached."""
-    from boxcaseg.engine.trainer import train
-
+def checkpoint_dir(args: argparse.Namespace, set_name: str, seed: int) -> Path:
+    """Where the model of (training config, set, seed) is cached."""
     set_dir = Path(args.data) / set_name
     probe = to_dict(train_config(args, set_dir, seed, Path("x")))
     probe.pop("out_dir")
@@ -145,17 +143,42 @@ def checkpoint(args: argparse.Namespace, set_name: str, seed: int) -> tuple[Path
     if probe.get("teacher_labels"):  # the teacher's content, not only its path, names the model
         probe["teacher_sha"] = hashlib.sha256(Path(probe["teacher_labels"]).read_bytes()).hexdigest()
     key = hashlib.sha256(json.dumps(probe, sort_keys=True).encode()).hexdigest()[:12]
-    run = Path(args.out) / "ckpt" / key / set_name / f"seed{seed}"
+    return Path(args.out) / "ckpt" / key / set_name / f"seed{seed}"
+
+
+def checkpoint(args: argparse.Namespace, set_name: str, seed: int) -> tuple[Path, float]:
+    """The trained model of (training config, set, seed), trained now if not cached."""
+    from boxcaseg.engine.trainer import train
+
+    run = checkpoint_dir(args, set_name, seed)
     final = run / "final.pt"
     seconds = run / "train_seconds.txt"
     if final.is_file() and seconds.is_file():
         return final, float(seconds.read_text())
-    cfg = train_config(args, set_dir, seed, run)
+    cfg = train_config(args, Path(args.data) / set_name, seed, run)
     t0 = time.perf_counter()
     train(cfg, resume=(run / "last.pt").is_file(), progress=False)
     took = time.perf_counter() - t0
     seconds.write_text(f"{took:.1f}\n")
     return final, took
+
+
+def cached_model(args: argparse.Namespace, models: dict | None, set_name: str,
+                 seed: int) -> tuple[Path, float]:
+    """The model a ``--from`` run labeled for (set, seed): the checkpoint it recorded, or
+    (result files older than that record) the cached one its overrides name under today's
+    recipe file. Never trains: a missing model stops the run with what to do."""
+    if models is not None:
+        recorded = models.get(set_name, {}).get(str(seed))
+        final = Path(recorded) if recorded else None
+    else:
+        final = checkpoint_dir(args, set_name, seed) / "final.pt"
+    seconds = final.parent / "train_seconds.txt" if final is not None else None
+    if final is None or not final.is_file() or not seconds.is_file():
+        raise SystemExit(f"--from {args.from_run}: no trained model for {set_name} seed {seed} "
+                         f"({final or 'not recorded'}); run its training first (without --from), "
+                         "or name the training overrides it was run with")
+    return final, float(seconds.read_text())
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,6 +229,15 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def same_models(base: dict, new: dict) -> bool:
+    """Whether two runs labeled the same trained models (a label-time variant), so that their
+    per-seed gains are paired. Runs record their checkpoints (``models``); for older result
+    files, which do not, equal training overrides stand in (they held the same recipe file)."""
+    if "models" in base or "models" in new:
+        return base.get("models") == new.get("models")
+    return new.get("train_overrides") == base.get("train_overrides")
+
+
 def compare(base: dict, new: dict) -> str:
     """Adopt only if the mean gain beats the seed spread on every set."""
     lines, adopt = [], True
@@ -217,8 +249,7 @@ def compare(base: dict, new: dict) -> str:
         ok = gain > spread
         adopt &= ok
         paired = ""
-        if len(a["values"]) == len(b["values"]) and new.get("train_overrides") == \
-                base.get("train_overrides"):  # the same models relabeled: per-seed gains
+        if len(a["values"]) == len(b["values"]) and same_models(base, new):
             d = [y - x for x, y in zip(a["values"], b["values"])]
             paired = f"; per seed {', '.join(f'{v:+.3f}' for v in d)}"
         said = ("helps" if ok else "worse by more than the spread" if -gain > spread
@@ -239,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=None, help=f"training YAML (default: packaged {RECIPE})")
     p.add_argument("--label", nargs="*", default=[], help="LabelConfig KEY=VALUE overrides")
     p.add_argument("--from", dest="from_run", default=None,
-                   help="label-time variant: reuse the models of this earlier run's training "
-                   "config (its overrides are taken from its result file)")
+                   help="label-time variant: relabel the models of this earlier run (the "
+                   "checkpoints its result file records; never trains)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--sets", nargs="+", default=list(SETS))
     p.add_argument("--data", default=str(SHARED))
@@ -263,8 +294,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare:
         print(compare(load(args.compare[0]), load(args.compare[1])))
         return 0
+    models: dict | None = None
     if args.from_run:
-        args.overrides = load(args.from_run)["train_overrides"]
+        source = load(args.from_run)
+        # overrides given with --from only find the models of a result file older than the
+        # record of its checkpoints (and a changed recipe file): e.g. --from recipe
+        # self_train_rounds=0 "model.heads=[weak,salient,transferred]" for the 2026-12-04 runs
+        args.overrides = [*source["train_overrides"], *args.overrides]
+        models = source.get("models")
 
     torch.set_num_threads(THREADS)
     result: dict = {"name": args.name, "command": " ".join([sys.executable, *sys.argv]),
@@ -272,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                 time.gmtime()),
                     "load_before": os.getloadavg(), "train_overrides": args.overrides,
                     "label_overrides": args.label, "seeds": args.seeds, "sets": {},
-                    "per_seed": {}}
+                    "per_seed": {}, "models": {}}
     label_cfg = load_config(LabelConfig, None, ["device=cpu", *args.label])
     work = out / "labels" / args.name
     work.mkdir(parents=True, exist_ok=True)
@@ -282,7 +319,11 @@ def main(argv: list[str] | None = None) -> int:
         gt = read_json(set_dir / "annotations.json")
         rows = []
         for seed in args.seeds:
-            final, train_s = checkpoint(args, set_name, seed)
+            if args.from_run:  # a label-time variant never trains
+                final, train_s = cached_model(args, models, set_name, seed)
+            else:
+                final, train_s = checkpoint(args, set_name, seed)
+            result["models"].setdefault(set_name, {})[str(seed)] = str(final)
             from boxcaseg.model.boxcaseg import load_boxcaseg
             model, _ = load_boxcaseg(final, map_location="cpu")
             r = label_and_score("boxcaseg", set_dir, work / f"{set_name}-{seed}.json",

@@ -70,6 +70,13 @@ def test_compare_adopts_only_a_gain_beyond_the_spread_on_every_set(bench):
     relabel = _result("relabel", {"a": [0.61, 0.62, 0.63], "b": [0.71, 0.71, 0.72]})
     assert "per seed +0.010, +0.010, +0.010" in bench.compare(base, relabel)
     assert "per seed" not in bench.compare(base, one)  # other models: gains are not paired
+    # recorded checkpoints decide pairing: the same overrides with another recipe file are
+    # other models, and a relabel of the same checkpoints is paired
+    m = {"models": {"a": {"0": "ck/1/a/seed0"}}}
+    other = {"models": {"a": {"0": "ck/2/a/seed0"}}}
+    assert "per seed" not in bench.compare({**base, **m}, {**relabel, **other})
+    assert "per seed" in bench.compare({**base, **m}, {**relabel, **m})
+    assert "per seed" not in bench.compare(base, {**relabel, **m})  # one unknown: not paired
     worse = _result("worse", {"a": [0.50, 0.51, 0.52], "b": [0.70, 0.71, 0.71]}, ["x=1"])
     said = bench.compare(base, worse).splitlines()
     assert said[0].endswith("worse by more than the spread")  # a loss is not called noise
@@ -84,7 +91,30 @@ def test_self_training_off_leaves_the_cached_models_valid(bench, tmp_path, monke
         Path(cfg.out_dir, "final.pt").write_text("x")
 
     monkeypatch.setattr(trainer, "train", fake_train)
-    plain, _ = bench.checkpoint(_args(tmp_path, []), "coco-dev", 0)
-    off, _ = bench.checkpoint(_args(tmp_path, ["self_train_refine=guided"]), "coco-dev", 0)
+    plain, _ = bench.checkpoint(_args(tmp_path, ["self_train_rounds=0"]), "coco-dev", 0)
+    off, _ = bench.checkpoint(_args(tmp_path, ["self_train_rounds=0", "self_train_refine=guided"]),
+                              "coco-dev", 0)
     on, _ = bench.checkpoint(_args(tmp_path, ["self_train_rounds=1"]), "coco-dev", 0)
-    assert off == plain and on != plain
+    recipe, _ = bench.checkpoint(_args(tmp_path, []), "coco-dev", 0)  # real-cpu self-trains
+    assert off == plain and on != plain and recipe == on
+
+
+def test_from_relabels_the_recorded_models_and_never_trains(bench, tmp_path, monkeypatch):
+    import boxcaseg.engine.trainer as trainer
+
+    def no_train(cfg, resume=False, progress=True):
+        raise AssertionError("a label-time variant trained a model")
+
+    monkeypatch.setattr(trainer, "train", no_train)
+    run = tmp_path / "ck" / "k" / "coco-dev" / "seed1"
+    run.mkdir(parents=True)
+    (run / "final.pt").write_text("x")
+    (run / "train_seconds.txt").write_text("12.5\n")
+    args = _args(tmp_path, ["lr=1"])  # overrides that name no cached model
+    args.from_run = "earlier"
+    models = {"coco-dev": {"1": str(run / "final.pt")}}
+    assert bench.cached_model(args, models, "coco-dev", 1) == (run / "final.pt", 12.5)
+    with pytest.raises(SystemExit, match="coco-dev seed 0"):  # not recorded
+        bench.cached_model(args, models, "coco-dev", 0)
+    with pytest.raises(SystemExit, match="--from earlier"):  # old result file, nothing cached
+        bench.cached_model(args, None, "coco-dev", 1)
