@@ -232,10 +232,12 @@ def table(results: list[dict]) -> str:
 def same_models(base: dict, new: dict) -> bool:
     """Whether two runs labeled the same trained models (a label-time variant), so that their
     per-seed gains are paired. Runs record their checkpoints (``models``); for older result
-    files, which do not, equal training overrides stand in (they held the same recipe file)."""
+    files, which do not, a ``--from`` run with the same training overrides stands in (equal
+    overrides alone are not enough: the recipe file changed between runs)."""
     if "models" in base or "models" in new:
         return base.get("models") == new.get("models")
-    return new.get("train_overrides") == base.get("train_overrides")
+    return (new.get("train_overrides") == base.get("train_overrides")
+            and " --from " in f" {new.get('command', '')} ")
 
 
 def compare(base: dict, new: dict) -> str:

@@ -68,7 +68,10 @@ def test_compare_adopts_only_a_gain_beyond_the_spread_on_every_set(bench):
     assert bench.compare(base, both).endswith("adopt 'both'")
     assert bench.compare(base, one).endswith("do not adopt 'one'")
     relabel = _result("relabel", {"a": [0.61, 0.62, 0.63], "b": [0.71, 0.71, 0.72]})
+    relabel["command"] = "python bench/real_photos.py --name relabel --from base"
     assert "per seed +0.010, +0.010, +0.010" in bench.compare(base, relabel)
+    retrained = {**relabel, "command": "python bench/real_photos.py --name retrained"}
+    assert "per seed" not in bench.compare(base, retrained)  # same overrides, new recipe file
     assert "per seed" not in bench.compare(base, one)  # other models: gains are not paired
     # recorded checkpoints decide pairing: the same overrides with another recipe file are
     # other models, and a relabel of the same checkpoints is paired
