@@ -146,21 +146,28 @@ def checkpoint_dir(args: argparse.Namespace, set_name: str, seed: int) -> Path:
     return Path(args.out) / "ckpt" / key / set_name / f"seed{seed}"
 
 
+def finished(run: Path) -> tuple[Path, float] | None:
+    """``(final.pt, training seconds)`` of a finished training in ``run``, else None."""
+    final, seconds = run / "final.pt", run / "train_seconds.txt"
+    if final.is_file() and seconds.is_file():
+        return final, float(seconds.read_text())
+    return None
+
+
 def checkpoint(args: argparse.Namespace, set_name: str, seed: int) -> tuple[Path, float]:
     """The trained model of (training config, set, seed), trained now if not cached."""
     from boxcaseg.engine.trainer import train
 
     run = checkpoint_dir(args, set_name, seed)
-    final = run / "final.pt"
-    seconds = run / "train_seconds.txt"
-    if final.is_file() and seconds.is_file():
-        return final, float(seconds.read_text())
+    done = finished(run)
+    if done is not None:
+        return done
     cfg = train_config(args, Path(args.data) / set_name, seed, run)
     t0 = time.perf_counter()
     train(cfg, resume=(run / "last.pt").is_file(), progress=False)
     took = time.perf_counter() - t0
-    seconds.write_text(f"{took:.1f}\n")
-    return final, took
+    (run / "train_seconds.txt").write_text(f"{took:.1f}\n")
+    return run / "final.pt", took
 
 
 def cached_model(args: argparse.Namespace, models: dict | None, set_name: str,
@@ -173,12 +180,12 @@ def cached_model(args: argparse.Namespace, models: dict | None, set_name: str,
         final = Path(recorded) if recorded else None
     else:
         final = checkpoint_dir(args, set_name, seed) / "final.pt"
-    seconds = final.parent / "train_seconds.txt" if final is not None else None
-    if final is None or not final.is_file() or not seconds.is_file():
+    done = finished(final.parent) if final is not None else None
+    if done is None or done[0] != final:
         raise SystemExit(f"--from {args.from_run}: no trained model for {set_name} seed {seed} "
                          f"({final or 'not recorded'}); run its training first (without --from), "
                          "or name the training overrides it was run with")
-    return final, float(seconds.read_text())
+    return done
 
 
 # --------------------------------------------------------------------------------------------
