@@ -39,8 +39,50 @@ def test_round_configs_chain_the_teachers(tmp_path):
     assert all(c.self_train_rounds == 0 for c in r)
 
 
+def test_previous_init_starts_each_round_from_the_last_weights(tmp_path):
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), self_train_rounds=2,
+                      self_train_init="previous", init_weights="start.pt")
+    assert [c.init_weights for c in round_configs(cfg)] == [
+        "start.pt", str(tmp_path / "run" / "round0" / "final.pt"),
+        str(tmp_path / "run" / "round1" / "final.pt")]
+    scratch = TrainConfig(out_dir=str(tmp_path / "run"), self_train_rounds=2)
+    assert [c.init_weights for c in round_configs(scratch)] == ["", "", ""]
+
+
+def _params(path):
+    from boxcaseg.model import build_model
+    from boxcaseg.model.config import ModelConfig
+
+    ck = torch.load(path, weights_only=False)
+    names = {n for n, _ in build_model(ModelConfig(**{
+        **ck["model_config"], "heads": tuple(ck["model_config"]["heads"]),
+        "pretrained": "none"})).named_parameters()}
+    return {k: v for k, v in ck["model"].items() if k in names}
+
+
+def test_init_weights_start_the_training_from_a_checkpoint(demo, tmp_path):
+    assert main(_train_argv(demo, tmp_path / "a")) == 0
+    start = _params(tmp_path / "a" / "final.pt")
+    frozen = ("lr=0", "weight_decay=0", "optimizer=adamw")  # parameters cannot move
+    assert main(_train_argv(demo, tmp_path / "b", *frozen,
+                            f"init_weights={tmp_path / 'a' / 'final.pt'}")) == 0
+    assert _same(_params(tmp_path / "b" / "final.pt"), start)
+    assert main(_train_argv(demo, tmp_path / "c", *frozen)) == 0  # from scratch they differ
+    assert not _same(_params(tmp_path / "c" / "final.pt"), start)
+
+
+def test_init_weights_of_another_model_are_named(demo, tmp_path, capsys):
+    assert main(_train_argv(demo, tmp_path / "a")) == 0
+    assert main(_train_argv(demo, tmp_path / "b", "model.heads=[weak,salient]",
+                            f"init_weights={tmp_path / 'a' / 'final.pt'}")) != 0
+    err = capsys.readouterr().err
+    assert "init_weights" in err and "heads" in err
+    assert not (tmp_path / "b" / "final.pt").exists()
+
+
 @pytest.mark.parametrize("bad", [{"self_train_rounds": -1},
                                  {"self_train_refine": "crf"},
+                                 {"self_train_init": "imagenet"},
                                  {"self_train_rounds": 1, "box_per_batch": 0}])
 def test_bad_self_training_settings_are_named(bad):
     with pytest.raises(ConfigError, match="self_train"):

@@ -37,6 +37,13 @@ class TrainConfig:
     # those masks as teacher_labels; this many times
     self_train_rounds: int = 0
     self_train_refine: str = "grabcut"
+    # where a round after the first starts: "scratch" (ImageNet backbone, like round 0) or
+    # "previous" (the previous round's final weights: fine-tuned, so the last model has had
+    # every round's steps for the time of one more round)
+    self_train_init: str = "scratch"
+    # a boxcaseg checkpoint whose model weights this training starts from (fine-tuning; the
+    # optimizer and schedule start afresh); "" = the backbone's ImageNet weights
+    init_weights: str = ""
     num_salient: int | None = None  # use N salient images, a random sample drawn with `seed`; None = all
     cache_images_mb: int = 1024  # keep decoded images in RAM if the set fits (per worker)
     # unusable samples (unreadable, size mismatch, empty mask) are skipped and counted; the run
@@ -118,6 +125,9 @@ class TrainConfig:
         if self.self_train_refine not in REFINES:
             raise ConfigError(f"self_train_refine must be one of {list(REFINES)}, got "
                               f"{self.self_train_refine!r}")
+        if self.self_train_init not in ("scratch", "previous"):
+            raise ConfigError("self_train_init must be 'scratch' or 'previous', got "
+                              f"{self.self_train_init!r}")
         if self.pixel_heads_on not in ("salient", "all"):
             raise ConfigError("pixel_heads_on must be 'salient' or 'all', got "
                               f"{self.pixel_heads_on!r}")

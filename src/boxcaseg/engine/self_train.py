@@ -16,7 +16,8 @@ Layout of ``out_dir`` for ``self_train_rounds: R``:
   ``teacher_labels`` (``final.pt`` there is the one to label with).
 
 Round 0 uses the configured ``teacher_labels`` (if any); later rounds their predecessor's
-labels. Which teacher masks count and how they are weighted is ``data.teacher``'s business
+labels, and with ``self_train_init: previous`` start from its weights (``init_weights``)
+instead of the ImageNet backbone. Which teacher masks count and how they are weighted is ``data.teacher``'s business
 (``teacher_min_score``, ``teacher_weight``; never a mask the labeler flagged
 ``ignore_mask``). ``resume`` continues where the job stopped: finished rounds and complete
 teacher files are kept, an unfinished training resumes from its ``last.pt``, an unfinished
@@ -47,12 +48,14 @@ def round_configs(cfg: TrainConfig) -> list[TrainConfig]:
     """The training config of every round, the last one writing to ``cfg.out_dir``."""
     rounds = cfg.self_train_rounds
     out: list[TrainConfig] = []
-    teacher = cfg.teacher_labels
+    teacher, init = cfg.teacher_labels, cfg.init_weights
     for k in range(rounds + 1):
         last = k == rounds
-        out.append(replace(cfg, self_train_rounds=0, teacher_labels=teacher,
+        out.append(replace(cfg, self_train_rounds=0, teacher_labels=teacher, init_weights=init,
                            out_dir=cfg.out_dir if last else str(round_dir(cfg, k))))
         teacher = str(round_dir(cfg, k) / TEACHER)
+        if cfg.self_train_init == "previous":
+            init = str(round_dir(cfg, k) / FINAL)
     return out
 
 

@@ -30,7 +30,7 @@ from boxcaseg.data.sampler import MixedBatchSampler
 from boxcaseg.data.train_sets import BoxCropDataset, MixedDataset, SalientCropDataset
 from boxcaseg.data.validate import screen_box_dataset, screen_salient_dataset
 from boxcaseg.data.transforms import normalize
-from boxcaseg.engine.checkpoint import rng_state
+from boxcaseg.engine.checkpoint import load_checkpoint, load_weights, rng_state
 from boxcaseg.engine.config import TrainConfig
 from boxcaseg.engine.distributed import DistInfo, barrier
 from boxcaseg.engine.loop import TrainLoop, optimizer_step, run_output, training_session
@@ -182,7 +182,10 @@ class BoxCasegLoop(TrainLoop):
             generator=torch.Generator().manual_seed(cfg.seed))
         total = cfg.max_steps or cfg.epochs * len(self.sampler)
 
-        model = build_model(cfg.model).to(device)
+        model = build_model(cfg.model)
+        if cfg.init_weights:
+            _load_init_weights(model, cfg)
+        model = model.to(device)
         params = [p for p in model.parameters() if p.requires_grad]
         if cfg.optimizer == "adamw":
             optimizer: torch.optim.Optimizer = torch.optim.AdamW(
@@ -199,7 +202,8 @@ class BoxCasegLoop(TrainLoop):
             checkpoint_every=cfg.checkpoint_every, progress=progress)
         self.inputs = input_fingerprints(
             {"boxes_json": cfg.boxes_json if box_ds is not None else None,
-             "teacher_labels": cfg.teacher_labels if box_ds is not None else None},
+             "teacher_labels": cfg.teacher_labels if box_ds is not None else None,
+             "init_weights": cfg.init_weights or None},
             {"salient listing": salient_listing(sal_ds.folder)
              if sal_ds is not None and hasattr(sal_ds.folder, "names") else None})
 
@@ -209,7 +213,8 @@ class BoxCasegLoop(TrainLoop):
             raise ConfigError(f"{self.last}: saved model config {ckpt.get('model_config')} "
                               f"differs from the requested {to_dict(cfg.model)}; cannot resume")
         check_resume(self.last, ckpt.get("train_config"), to_dict(cfg), ckpt.get("inputs"),
-                     self.inputs, RUNTIME_KEYS | {"boxes_json", "salient_root", "teacher_labels"})
+                     self.inputs, RUNTIME_KEYS | {"boxes_json", "salient_root", "teacher_labels",
+                                     "init_weights"})
         # (files are compared by content)
 
     def before_train(self) -> None:
@@ -239,6 +244,23 @@ class BoxCasegLoop(TrainLoop):
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "sampler": self.sampler.state_for_step(step), "step": step, "rng": rng_state(),
                 "inputs": self.inputs}
+
+
+def _load_init_weights(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    """Start from ``cfg.init_weights``' model weights; only the same architecture fits, and a
+    different one is named, not half-loaded."""
+    state = load_checkpoint(cfg.init_weights)
+    saved, now = state.get("model_config") or {}, to_dict(cfg.model)
+    # "pretrained" only picks the starting weights, which these replace
+    changed = sorted(k for k in set(saved) | set(now)
+                     if k != "pretrained" and saved and saved.get(k) != now.get(k))
+    if changed:
+        raise ConfigError(f"init_weights {cfg.init_weights}: its model differs from the one to "
+                          f"train in {', '.join(changed)} (start from a checkpoint of the same "
+                          "model settings, or leave init_weights empty)")
+    load_weights(model, state["model"], f"init_weights {cfg.init_weights}",
+                 "start from a boxcaseg checkpoint of the same model")
+    log.info("starting from the weights of %s", cfg.init_weights)
 
 
 def _train(cfg: TrainConfig, resume: bool, info: DistInfo, progress: bool = True) -> Path:
