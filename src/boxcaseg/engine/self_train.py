@@ -17,9 +17,9 @@ Layout of ``out_dir`` for ``self_train_rounds: R``:
 
 Round 0 uses the configured ``teacher_labels`` (if any); later rounds their predecessor's
 labels, and with ``self_train_init: previous`` start from its weights (``init_weights``)
-instead of the ImageNet backbone. Which teacher masks count and how they are weighted is ``data.teacher``'s business
-(``teacher_min_score``, ``teacher_weight``; never a mask the labeler flagged
-``ignore_mask``). ``resume`` continues where the job stopped: finished rounds and complete
+instead of the ImageNet backbone. Which teacher masks count and how they are weighted is
+``data.teacher``'s business (``teacher_min_score``, ``teacher_weight``; never a mask the
+labeler flagged ``ignore_mask``). ``resume`` continues where the job stopped: finished rounds and complete
 teacher files are kept, an unfinished training resumes from its ``last.pt``, an unfinished
 labeling from its parts. Under ``torchrun`` every rank trains its share and labels its shard.
 """
