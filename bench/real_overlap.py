@@ -1,0 +1,130 @@
+"""Where a run's mIoU* is lost on the COCO dev sets: inside other instances, or elsewhere.
+
+For the labels a ``bench/real_photos.py`` run wrote (``OUT/labels/NAME/{set}-{seed}.json``),
+per seed: mIoU* as is; with every pixel of another annotated instance taken out of each mask
+(an oracle: it uses the GT masks); the GT masks sent through the network's output grid and
+back (the resolution ceiling); and mIoU* on the boxes that hold more or less than
+``--crowd`` of their area in other annotated instances. Why: it says whether a lever can
+reach a target at all (``bench/results_real.md``, "Longer training within the budget").
+Data are read from ``../shared/data/real`` and never copied.
+
+    python bench/real_overlap.py recipe2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+
+
+def class_mean(records: list[tuple[int, float]]) -> float:
+    by_class: dict[int, list[float]] = defaultdict(list)
+    for cid, v in records:
+        by_class[cid].append(v)
+    return float(np.mean([np.mean(v) for v in by_class.values()])) if by_class else float("nan")
+
+
+def decode(segm, h: int, w: int) -> np.ndarray:
+    if isinstance(segm, list):
+        segm = mask_utils.merge(mask_utils.frPyObjects(segm, h, w))
+    elif isinstance(segm.get("counts"), list):
+        segm = mask_utils.frPyObjects(segm, h, w)
+    return mask_utils.decode(segm).astype(bool)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def through_grid(gt: np.ndarray, box: list[float], grid: int) -> np.ndarray:
+    """``gt`` inside its box, area-averaged to grid x grid and bilinearly back, at 0.5."""
+    h, w = gt.shape
+    x0, y0 = max(int(np.floor(box[0])), 0), max(int(np.floor(box[1])), 0)
+    x1 = min(max(int(np.ceil(box[0] + box[2])), x0 + 1), w)
+    y1 = min(max(int(np.ceil(box[1] + box[3])), y0 + 1), h)
+    crop = gt[y0:y1, x0:x1].astype(np.float32)
+    small = cv2.resize(crop, (grid, grid), interpolation=cv2.INTER_AREA)
+    back = cv2.resize(small, (crop.shape[1], crop.shape[0]), interpolation=cv2.INTER_LINEAR)
+    out = np.zeros_like(gt)
+    out[y0:y1, x0:x1] = back >= 0.5
+    return out
+
+
+def analyse(gt_json: Path, labels: Path, grid: int, crowd: float) -> dict[str, float]:
+    gt = json.loads(gt_json.read_text())
+    images = {i["id"]: i for i in gt["images"]}
+    per_image: dict[int, list[dict]] = defaultdict(list)
+    for a in gt["annotations"]:
+        if not a.get("iscrowd"):
+            per_image[a["image_id"]].append(a)
+    pred = {a["id"]: a for a in json.loads(labels.read_text())["annotations"]}
+    rows: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for image_id, anns in per_image.items():
+        h, w = images[image_id]["height"], images[image_id]["width"]
+        masks = {a["id"]: decode(a["segmentation"], h, w) for a in anns}
+        for a in anns:
+            own = masks[a["id"]]
+            if not own.any():
+                continue
+            segm = pred.get(a["id"], {}).get("segmentation")
+            p = decode(segm, h, w) if segm else np.zeros((h, w), bool)
+            others = np.zeros((h, w), bool)
+            for b in anns:
+                if b["id"] != a["id"]:
+                    others |= masks[b["id"]]
+            others &= ~own
+            cid, v = a["category_id"], iou(p, own)
+            rows["as is"].append((cid, v))
+            rows["without other instances' pixels (oracle)"].append((cid, iou(p & ~others, own)))
+            rows[f"GT through a {grid}x{grid} grid (ceiling)"].append(
+                (cid, iou(through_grid(own, a["bbox"], grid), own)))
+            x0, y0 = max(int(a["bbox"][0]), 0), max(int(a["bbox"][1]), 0)
+            x1 = int(np.ceil(a["bbox"][0] + a["bbox"][2]))
+            y1 = int(np.ceil(a["bbox"][1] + a["bbox"][3]))
+            share = others[y0:y1, x0:x1].mean() if y1 > y0 and x1 > x0 else 0.0
+            rows[f"boxes {'over' if share > crowd else 'under'} {crowd:.0%} other instances"
+                 ].append((cid, v))
+    out = {k: class_mean(v) for k, v in rows.items()}
+    out.update({f"n {k}": len(v) for k, v in rows.items() if k.startswith("boxes")})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("name", help="the real_photos.py run whose labels to analyse")
+    p.add_argument("--out", default="runs/real", help="real_photos.py's --out")
+    p.add_argument("--data", default=str(SHARED))
+    p.add_argument("--sets", nargs="+", default=["coco-dev", "coco-mval-dev"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--grid", type=int, default=40,
+                   help="the network's output grid: crop 160 / stride 4")
+    p.add_argument("--crowd", type=float, default=0.05)
+    args = p.parse_args(argv)
+    for name in args.sets:
+        per_seed = []
+        for seed in args.seeds:
+            labels = Path(args.out) / "labels" / args.name / f"{name}-{seed}.json"
+            if not labels.is_file():
+                raise SystemExit(f"{labels}: no labels; run bench/real_photos.py --name "
+                                 f"{args.name} first")
+            per_seed.append(analyse(Path(args.data) / name / "annotations.json", labels,
+                                    args.grid, args.crowd))
+        print(f"{name} ({args.name}, seeds {args.seeds})")
+        for key in per_seed[0]:
+            v = [r[key] for r in per_seed]
+            fmt = "{:.0f}" if key.startswith("n ") else "{:.3f}"
+            print(f"  {key}: {fmt.format(np.mean(v))} ({fmt.format(min(v))}-{fmt.format(max(v))})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,58 @@
+"""bench/real_overlap.py: the oracle removes exactly other instances' pixels, and boxes are
+split by how much of them they hold."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def overlap():
+    spec = importlib.util.spec_from_file_location("real_overlap",
+                                                  REPO / "bench" / "real_overlap.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _rle(m):
+    r = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+    return {"size": r["size"], "counts": r["counts"].decode()}
+
+
+def test_oracle_and_crowd_split(overlap, tmp_path):
+    h = w = 64
+    b = np.zeros((h, w), bool); b[20:50, 30:60] = True   # a bike in front of...
+    a = np.zeros((h, w), bool); a[10:40, 10:40] = True   # ...a person, whose box holds part of it
+    a &= ~b
+    c = np.zeros((h, w), bool); c[50:60, 2:12] = True    # alone
+    anns = [{"id": i, "image_id": 1, "category_id": cid, "iscrowd": 0, "bbox": bbox,
+             "segmentation": _rle(m)}
+            for i, cid, m, bbox in [(1, 1, a, [10, 10, 30, 30]), (2, 2, b, [30, 20, 30, 30]),
+                                    (3, 3, c, [2, 50, 10, 10])]]
+    gt = {"images": [{"id": 1, "width": w, "height": h, "file_name": "x.png"}],
+          "annotations": anns, "categories": [{"id": k, "name": str(k)} for k in (1, 2, 3)]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    # the person's mask leaks into the bike inside its box; the others are exact
+    leak = a | (b & (np.arange(w)[None, :] < 40) & (np.arange(h)[:, None] < 40))
+    pred = [{**anns[0], "segmentation": _rle(leak)}, anns[1], anns[2]]
+    (tmp_path / "pred.json").write_text(json.dumps({"annotations": pred}))
+
+    r = overlap.analyse(tmp_path / "gt.json", tmp_path / "pred.json", grid=40, crowd=0.05)
+    assert leak.sum() > a.sum()
+    leaked = a.sum() / leak.sum()
+    assert r["as is"] == pytest.approx((leaked + 1 + 1) / 3)
+    assert r["without other instances' pixels (oracle)"] == pytest.approx(1.0)
+    assert r["GT through a 40x40 grid (ceiling)"] == pytest.approx(1.0, abs=0.02)
+    # the person's box holds 22 % bike pixels; the bike's and the lone box hold none
+    assert r["n boxes over 5% other instances"] == 1 and r["n boxes under 5% other instances"] == 2
+    assert r["boxes over 5% other instances"] == pytest.approx(leaked)
+    assert r["boxes under 5% other instances"] == pytest.approx(1.0)
