@@ -37,9 +37,9 @@ class TrainConfig:
     # those masks as teacher_labels; this many times
     self_train_rounds: int = 0
     self_train_refine: str = "grabcut"
-    # where a round after the first starts: "scratch" (ImageNet backbone, like round 0) or
-    # "previous" (the previous round's final weights: fine-tuned, so the last model has had
-    # every round's steps for the time of one more round)
+    # where a round after the first starts: "scratch" (where round 0 started: the ImageNet
+    # backbone, or init_weights if set) or "previous" (the previous round's final weights:
+    # fine-tuned, so the last model has had every round's steps for the time of one more round)
     self_train_init: str = "scratch"
     # a boxcaseg checkpoint whose model weights this training starts from (fine-tuning; the
     # optimizer and schedule start afresh); "" = the backbone's ImageNet weights
