@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from boxcaseg.evaluation.instance_iou import to_rle
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 
 
@@ -32,12 +34,8 @@ def class_mean(records: list[tuple[int, float]]) -> float:
     return float(np.mean([np.mean(v) for v in by_class.values()])) if by_class else float("nan")
 
 
-def decode(segm, h: int, w: int) -> np.ndarray:
-    if isinstance(segm, list):
-        segm = mask_utils.merge(mask_utils.frPyObjects(segm, h, w))
-    elif isinstance(segm.get("counts"), list):
-        segm = mask_utils.frPyObjects(segm, h, w)
-    return mask_utils.decode(segm).astype(bool)
+def decode(segm, h: int, w: int, what: str) -> np.ndarray:
+    return mask_utils.decode(to_rle(segm, h, w, what)).astype(bool)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -45,17 +43,21 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
-def through_grid(gt: np.ndarray, box: list[float], grid: int) -> np.ndarray:
-    """``gt`` inside its box, area-averaged to grid x grid and bilinearly back, at 0.5."""
-    h, w = gt.shape
+def box_pixels(box: list[float], h: int, w: int) -> tuple[slice, slice]:
+    """Rows and columns of the pixels an ``[x, y, w, h]`` box touches (at least one)."""
     x0, y0 = max(int(np.floor(box[0])), 0), max(int(np.floor(box[1])), 0)
     x1 = min(max(int(np.ceil(box[0] + box[2])), x0 + 1), w)
     y1 = min(max(int(np.ceil(box[1] + box[3])), y0 + 1), h)
-    crop = gt[y0:y1, x0:x1].astype(np.float32)
+    return slice(y0, y1), slice(x0, x1)
+
+
+def through_grid(gt: np.ndarray, box: tuple[slice, slice], grid: int) -> np.ndarray:
+    """``gt`` inside ``box``, area-averaged to grid x grid and bilinearly back, at 0.5."""
+    crop = gt[box].astype(np.float32)
     small = cv2.resize(crop, (grid, grid), interpolation=cv2.INTER_AREA)
     back = cv2.resize(small, (crop.shape[1], crop.shape[0]), interpolation=cv2.INTER_LINEAR)
     out = np.zeros_like(gt)
-    out[y0:y1, x0:x1] = back >= 0.5
+    out[box] = back >= 0.5
     return out
 
 
@@ -70,27 +72,24 @@ def analyse(gt_json: Path, labels: Path, grid: int, crowd: float) -> dict[str, f
     rows: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for image_id, anns in per_image.items():
         h, w = images[image_id]["height"], images[image_id]["width"]
-        masks = {a["id"]: decode(a["segmentation"], h, w) for a in anns}
+        masks = {a["id"]: decode(a["segmentation"], h, w, f"{gt_json}: annotation {a['id']}")
+                 for a in anns}
+        covering = np.sum(list(masks.values()), axis=0)  # instances on each pixel
         for a in anns:
             own = masks[a["id"]]
             if not own.any():
                 continue
             segm = pred.get(a["id"], {}).get("segmentation")
-            p = decode(segm, h, w) if segm else np.zeros((h, w), bool)
-            others = np.zeros((h, w), bool)
-            for b in anns:
-                if b["id"] != a["id"]:
-                    others |= masks[b["id"]]
-            others &= ~own
+            p = (decode(segm, h, w, f"{labels}: annotation {a['id']}") if segm
+                 else np.zeros((h, w), bool))
+            others = (covering - own > 0) & ~own
+            box = box_pixels(a["bbox"], h, w)
             cid, v = a["category_id"], iou(p, own)
             rows["as is"].append((cid, v))
             rows["without other instances' pixels (oracle)"].append((cid, iou(p & ~others, own)))
             rows[f"GT through a {grid}x{grid} grid (ceiling)"].append(
-                (cid, iou(through_grid(own, a["bbox"], grid), own)))
-            x0, y0 = max(int(a["bbox"][0]), 0), max(int(a["bbox"][1]), 0)
-            x1 = int(np.ceil(a["bbox"][0] + a["bbox"][2]))
-            y1 = int(np.ceil(a["bbox"][1] + a["bbox"][3]))
-            share = others[y0:y1, x0:x1].mean() if y1 > y0 and x1 > x0 else 0.0
+                (cid, iou(through_grid(own, box, grid), own)))
+            share = others[box].mean()
             rows[f"boxes {'over' if share > crowd else 'under'} {crowd:.0%} other instances"
                  ].append((cid, v))
     out = {k: class_mean(v) for k, v in rows.items()}

@@ -19,9 +19,10 @@ Round 0 uses the configured ``teacher_labels`` (if any); later rounds their pred
 labels, and with ``self_train_init: previous`` start from its weights (``init_weights``)
 instead of the ImageNet backbone. Which teacher masks count and how they are weighted is
 ``data.teacher``'s business (``teacher_min_score``, ``teacher_weight``; never a mask the
-labeler flagged ``ignore_mask``). ``resume`` continues where the job stopped: finished rounds and complete
-teacher files are kept, an unfinished training resumes from its ``last.pt``, an unfinished
-labeling from its parts. Under ``torchrun`` every rank trains its share and labels its shard.
+labeler flagged ``ignore_mask``). ``resume`` continues where the job stopped: finished
+rounds and complete teacher files are kept, an unfinished training resumes from its
+``last.pt``, an unfinished labeling from its parts. Under ``torchrun`` every rank trains its
+share and labels its shard.
 """
 
 from __future__ import annotations
