@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from boxcaseg.data.sampler import MixedBatchSampler
 from boxcaseg.data.train_sets import BoxCropDataset, MixedDataset, SalientCropDataset
 from boxcaseg.data.validate import screen_box_dataset, screen_salient_dataset
 from boxcaseg.data.transforms import normalize
-from boxcaseg.engine.checkpoint import rng_state
+from boxcaseg.engine.checkpoint import load_checkpoint, load_weights, rng_state
 from boxcaseg.engine.config import TrainConfig
 from boxcaseg.engine.distributed import DistInfo, barrier
 from boxcaseg.engine.loop import TrainLoop, optimizer_step, run_output, training_session
@@ -164,6 +163,7 @@ class BoxCasegLoop(TrainLoop):
     ``last.pt`` / ``final.pt`` that both hold the full resumable state."""
 
     def __init__(self, cfg: TrainConfig, info: DistInfo, progress: bool) -> None:
+        from boxcaseg.model import build_model
 
         device = info.device
         self.cfg, self.use_amp = cfg, bool(cfg.amp and device.type == "cuda")
@@ -182,7 +182,13 @@ class BoxCasegLoop(TrainLoop):
             generator=torch.Generator().manual_seed(cfg.seed))
         total = cfg.max_steps or cfg.epochs * len(self.sampler)
 
-        model = _start_model(cfg).to(device)
+        # built as configured even when init_weights replaces every weight: building draws
+        # from the RNG (differently with pretrained weights), and the run must draw the same
+        # stream as one from scratch, so the two differ in their starting weights only
+        model = build_model(cfg.model)
+        if cfg.init_weights:
+            _load_init_weights(model, cfg)
+        model = model.to(device)
         params = [p for p in model.parameters() if p.requires_grad]
         if cfg.optimizer == "adamw":
             optimizer: torch.optim.Optimizer = torch.optim.AdamW(
@@ -243,28 +249,21 @@ class BoxCasegLoop(TrainLoop):
                 "inputs": self.inputs}
 
 
-def _start_model(cfg: TrainConfig) -> torch.nn.Module:
-    """The network to train: built from ``cfg.model`` (backbone weights per its
-    ``pretrained``), or ``cfg.init_weights``' model, which must have the same settings (a
-    different one is named, not half-loaded)."""
-    from boxcaseg.model import build_model
-    from boxcaseg.model.boxcaseg import load_boxcaseg
-
-    if not cfg.init_weights:
-        return build_model(cfg.model)
-    try:
-        model, saved = load_boxcaseg(cfg.init_weights)
-    except DataError as e:
-        raise DataError(f"init_weights: {e}") from e
-    # "pretrained" only picks the starting weights, which the checkpoint's replace
-    now, before = to_dict(replace(cfg.model, pretrained="none")), to_dict(saved)
-    changed = sorted(k for k in now if before.get(k) != now[k])
+def _load_init_weights(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    """Start from ``cfg.init_weights``' model weights; only the same architecture fits, and a
+    different one is named, not half-loaded."""
+    state = load_checkpoint(cfg.init_weights)
+    saved, now = state.get("model_config") or {}, to_dict(cfg.model)
+    # "pretrained" only picks the starting weights, which these replace
+    changed = sorted(k for k in set(saved) | set(now)
+                     if k != "pretrained" and saved and saved.get(k) != now.get(k))
     if changed:
         raise ConfigError(f"init_weights {cfg.init_weights}: its model differs from the one to "
                           f"train in {', '.join(changed)} (start from a checkpoint of the same "
                           "model settings, or leave init_weights empty)")
+    load_weights(model, state["model"], f"init_weights {cfg.init_weights}",
+                 "start from a boxcaseg checkpoint of the same model")
     log.info("starting from the weights of %s", cfg.init_weights)
-    return model.train()
 
 
 def _train(cfg: TrainConfig, resume: bool, info: DistInfo, progress: bool = True) -> Path:
