@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 from boxcaseg.data.coco import BoxAnnotation, CocoData, ImageEntry
 from boxcaseg.data.crops import augmented_box_crop, salient_box, salient_box_crop, salient_crop
 from boxcaseg.data.gt_masks import box_crop_with_mask, decode_gt_mask
+from boxcaseg.data.occlusion import paste_occluder
 from boxcaseg.labeling.schema import gt_annotation_ids
 from boxcaseg.data.sampler import BOX, SALIENT, SampleRef
 from boxcaseg.data.teacher import TeacherMask
@@ -195,14 +196,19 @@ class SalientCropDataset:
 
     ``mode``: ``"image"`` (the paper: resize, random crop, flip), ``"box"`` (the mask's box
     jittered like a box image's, :func:`~boxcaseg.data.crops.salient_box_crop`) or
-    ``"mixed"`` (each sample draws one of the two with equal probability).
+    ``"mixed"`` (each sample draws one of the two with equal probability). ``occlude``: the
+    probability that another salient object of the folder is pasted over the crop
+    (:func:`~boxcaseg.data.occlusion.paste_occluder`; the target keeps the framed object only).
     """
 
     def __init__(self, folder: SalientSource, resize: int = 320, crop_size: int = 288,
                  flip: bool = True, cache_bytes: int = 0, retries: int = 10,
-                 mode: str = "image", jitter: str = "centre") -> None:
+                 mode: str = "image", jitter: str = "centre", occlude: float = 0.0) -> None:
         if mode not in SALIENT_CROPS:
             raise ValueError(f"salient crop mode must be one of {SALIENT_CROPS}, got {mode!r}")
+        if not 0.0 <= float(occlude) <= 1.0:
+            raise ValueError(f"occlude must lie in [0, 1], got {occlude}")
+        self.occlude = float(occlude)
         self.folder = folder
         self.resize, self.crop_size, self.flip = int(resize), int(crop_size), flip
         self.retries = retries
@@ -230,13 +236,20 @@ class SalientCropDataset:
         if self.mode == "box" or (self.mode == "mixed" and rng.random() < 0.5):
             crop, cmask = salient_box_crop(image, mask, self.crop_size, rng, self.jitter,
                                            self.flip)
-            return _sample(crop, salient_box(cmask), cmask, salient=True)
-        # A random crop can miss a small object entirely; redraw (deterministically) a few
-        # times. An empty crop is still a valid sample (all bags negative, all pixels 0).
-        for _ in range(self.retries):
-            crop, cmask = salient_crop(image, mask, self.resize, self.crop_size, rng, self.flip)
-            if cmask.any():
-                break
+        else:
+            # A random crop can miss a small object entirely; redraw (deterministically) a few
+            # times. An empty crop is still a valid sample (all bags negative, all pixels 0).
+            for _ in range(self.retries):
+                crop, cmask = salient_crop(image, mask, self.resize, self.crop_size, rng,
+                                           self.flip)
+                if cmask.any():
+                    break
+        # drawn only when on, so runs without occlusion keep their random stream
+        if self.occlude > 0 and len(self) > 1 and rng.random() < self.occlude:
+            other = (index + 1 + int(rng.integers(len(self) - 1))) % len(self)
+            (occ_image, occ_mask), _ = load_with_substitute(self._load, other, len(self),
+                                                            self._bad)
+            crop, cmask, _ = paste_occluder(crop, cmask, occ_image, occ_mask, rng)
         return _sample(crop, salient_box(cmask), cmask, salient=True)
 
 

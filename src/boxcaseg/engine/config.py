@@ -62,6 +62,10 @@ class TrainConfig:
     # salient crops: "image" (paper: resize to salient_resize, random crop_size crop), "box"
     # (the mask's box jittered like a box image's: the framing the labeler sees), or "mixed"
     salient_crop: str = "image"
+    # probability of pasting a second salient object over a salient crop, in front of or
+    # behind the framed one (data/occlusion.py): teaches the pixel heads "the object the box
+    # frames, not its neighbour"; 0 = off, as in the paper
+    salient_occlude: float = 0.0
     # which samples the salient and transferred heads see in training: "salient" (paper
     # Fig. 4: salient features only, so their BatchNorm statistics are salient-only) or "all"
     pixel_heads_on: str = "salient"
@@ -109,6 +113,8 @@ class TrainConfig:
         if self.salient_crop not in ("image", "box", "mixed"):
             raise ConfigError("salient_crop must be 'image', 'box' or 'mixed', got "
                               f"{self.salient_crop!r}")
+        if not 0.0 <= float(self.salient_occlude) <= 1.0:
+            raise ConfigError(f"salient_occlude must be in [0, 1], got {self.salient_occlude}")
         if self.teacher_min_score is not None and not 0.0 <= self.teacher_min_score <= 1.0:
             raise ConfigError(f"teacher_min_score must be in [0, 1] or null, got "
                               f"{self.teacher_min_score}")
