@@ -141,7 +141,8 @@ def checkpoint_dir(args: argparse.Namespace, set_name: str, seed: int) -> Path:
         probe.pop("self_train_rounds", None)  # they existed stay valid
         probe.pop("self_train_refine", None)
     for key, off in (("init_weights", ""), ("self_train_init", "scratch"),
-                     ("salient_occlude", 0.0)):  # later options, off: older keys stay valid
+                     ("salient_occlude", 0.0), ("salient_occlude_scale", [0.3, 0.9])):
+        # later options at their off / default value: keys made before they existed stay valid
         if probe.get(key) == off:
             probe.pop(key)
     if probe.get("teacher_labels"):  # the teacher's content, not only its path, names the model

@@ -180,3 +180,33 @@ def test_trainer_builds_the_salient_set_with_the_configured_occlusion(tmp_path):
     data = make_tiny_data(tmp_path)
     _, sal = build_datasets(tiny_cfg(data, tmp_path / "run", salient_occlude=0.5))
     assert sal is not None and sal.occlude == 0.5
+
+
+def test_scale_range_is_configurable_from_the_cli_override_to_the_paste(tmp_path):
+    from test_trainer import make_tiny_data
+
+    from boxcaseg.config import load_config, packaged_config
+    from boxcaseg.engine.config import TrainConfig
+    from boxcaseg.engine.trainer import build_datasets
+    from boxcaseg.errors import ConfigError
+
+    data = make_tiny_data(tmp_path)
+    cfg = load_config(TrainConfig, packaged_config("boxcaseg_real_cpu.yaml"), [
+        *(f"{k}={v}" for k, v in data.items()), "salient_occlude=1",
+        "salient_occlude_scale=[1.2, 1.5]"])
+    assert cfg.salient_occlude_scale == (1.2, 1.5)
+    _, sal = build_datasets(cfg)
+    assert sal.occlude_scale == (1.2, 1.5)
+    for bad in ("[0.9, 0.3]", "[0, 1]", "[0.5]"):
+        with pytest.raises(ConfigError, match="salient_occlude_scale"):
+            load_config(TrainConfig, packaged_config("boxcaseg_real_cpu.yaml"),
+                        [f"salient_occlude_scale={bad}"])
+    # the drawn range reaches the paste: a disc wider than the crop covers most of it
+    crop = np.zeros((S, S, 3), np.uint8)
+    target = np.zeros((S, S), bool)
+    target[31:33, 31:33] = True
+    occ_img, occ_mask = _red_disc()
+    for seed in range(10):
+        out, _, _ = paste_occluder(crop, target, occ_img, occ_mask, np.random.default_rng(seed),
+                                   (1.2, 1.5))
+        assert _red(out).mean() > 0.6

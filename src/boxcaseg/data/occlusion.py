@@ -17,8 +17,8 @@ import numpy as np
 
 from boxcaseg.structures import mask_to_box
 
-# pasted object's longer side as a fraction of the crop: neighbours in COCO boxes range from a
-# cup beside a plate to a horse under its rider
+# pasted object's longer side as a fraction of the crop (default range): neighbours in COCO
+# boxes range from a cup beside a plate to a horse under its rider
 SCALE_RANGE = (0.3, 0.9)
 # an occluder in front may hide at most this share of the framed object; beyond that it goes
 # behind instead, so the crop still frames the object it is labeled with
@@ -27,14 +27,15 @@ EDGE_SIGMA = 0.8  # px: soft paste edge, so a hard cut-out border is no give-awa
 
 
 def paste_occluder(crop: np.ndarray, target: np.ndarray, occ_image: np.ndarray,
-                   occ_mask: np.ndarray, rng: np.random.Generator
+                   occ_mask: np.ndarray, rng: np.random.Generator,
+                   scale_range: tuple[float, float] = SCALE_RANGE
                    ) -> tuple[np.ndarray, np.ndarray, str]:
     """Paste the object ``occ_mask`` of ``occ_image`` over ``crop`` so that it overlaps the
     framed object ``target``.
 
     ``crop`` uint8 [S, S, 3], ``target`` bool [S, S] (the framed object), ``occ_image``
     uint8 [H, W, 3] with its object ``occ_mask`` bool [H, W]. The pasted object is scaled so
-    its longer side is ``U(SCALE_RANGE) * S``, flipped with probability 1/2, centred on a
+    its longer side is ``U(scale_range) * S``, flipped with probability 1/2, centred on a
     uniformly drawn pixel of the target's box, and put in front of the target (target loses
     the covered pixels) or behind it (target unchanged) with equal probability; in front
     turns into behind when it would hide more than ``MAX_HIDDEN`` of the target.
@@ -50,7 +51,7 @@ def paste_occluder(crop: np.ndarray, target: np.ndarray, occ_image: np.ndarray,
     if obox is None or tbox is None:
         return crop, target, "none"
     ox1, oy1, ox2, oy2 = (float(v) for v in obox)
-    scale = float(rng.uniform(*SCALE_RANGE)) * s / max(ox2 - ox1, oy2 - oy1)
+    scale = float(rng.uniform(*scale_range)) * s / max(ox2 - ox1, oy2 - oy1)
     tx1, ty1, tx2, ty2 = (float(v) for v in tbox)
     cu, cv = float(rng.uniform(tx1, tx2)), float(rng.uniform(ty1, ty2))
     flip = rng.random() < 0.5

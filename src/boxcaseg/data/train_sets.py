@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from boxcaseg.data.coco import BoxAnnotation, CocoData, ImageEntry
 from boxcaseg.data.crops import augmented_box_crop, salient_box, salient_box_crop, salient_crop
 from boxcaseg.data.gt_masks import box_crop_with_mask, decode_gt_mask
-from boxcaseg.data.occlusion import paste_occluder
+from boxcaseg.data.occlusion import SCALE_RANGE, paste_occluder
 from boxcaseg.labeling.schema import gt_annotation_ids
 from boxcaseg.data.sampler import BOX, SALIENT, SampleRef
 from boxcaseg.data.teacher import TeacherMask
@@ -198,17 +198,20 @@ class SalientCropDataset:
     jittered like a box image's, :func:`~boxcaseg.data.crops.salient_box_crop`) or
     ``"mixed"`` (each sample draws one of the two with equal probability). ``occlude``: the
     probability that another salient object of the folder is pasted over the crop
-    (:func:`~boxcaseg.data.occlusion.paste_occluder`; the target keeps the framed object only).
+    (:func:`~boxcaseg.data.occlusion.paste_occluder`; the target keeps the framed object only),
+    its longer side ``U(occlude_scale)`` times the crop.
     """
 
     def __init__(self, folder: SalientSource, resize: int = 320, crop_size: int = 288,
                  flip: bool = True, cache_bytes: int = 0, retries: int = 10,
-                 mode: str = "image", jitter: str = "centre", occlude: float = 0.0) -> None:
+                 mode: str = "image", jitter: str = "centre", occlude: float = 0.0,
+                 occlude_scale: tuple[float, float] = SCALE_RANGE) -> None:
         if mode not in SALIENT_CROPS:
             raise ValueError(f"salient crop mode must be one of {SALIENT_CROPS}, got {mode!r}")
         if not 0.0 <= float(occlude) <= 1.0:
             raise ValueError(f"occlude must lie in [0, 1], got {occlude}")
         self.occlude = float(occlude)
+        self.occlude_scale = (float(occlude_scale[0]), float(occlude_scale[1]))
         self.folder = folder
         self.resize, self.crop_size, self.flip = int(resize), int(crop_size), flip
         self.retries = retries
@@ -249,7 +252,8 @@ class SalientCropDataset:
             other = (index + 1 + int(rng.integers(len(self) - 1))) % len(self)
             (occ_image, occ_mask), _ = load_with_substitute(self._load, other, len(self),
                                                             self._bad)
-            crop, cmask, _ = paste_occluder(crop, cmask, occ_image, occ_mask, rng)
+            crop, cmask, _ = paste_occluder(crop, cmask, occ_image, occ_mask, rng,
+                                            self.occlude_scale)
         return _sample(crop, salient_box(cmask), cmask, salient=True)
 
 

@@ -66,6 +66,8 @@ class TrainConfig:
     # behind the framed one (data/occlusion.py): teaches the pixel heads "the object the box
     # frames, not its neighbour"; 0 = off, as in the paper
     salient_occlude: float = 0.0
+    # the pasted object's longer side as a fraction of the crop, drawn uniformly in this range
+    salient_occlude_scale: tuple[float, float] = (0.3, 0.9)
     # which samples the salient and transferred heads see in training: "salient" (paper
     # Fig. 4: salient features only, so their BatchNorm statistics are salient-only) or "all"
     pixel_heads_on: str = "salient"
@@ -115,6 +117,10 @@ class TrainConfig:
                               f"{self.salient_crop!r}")
         if not 0.0 <= float(self.salient_occlude) <= 1.0:
             raise ConfigError(f"salient_occlude must be in [0, 1], got {self.salient_occlude}")
+        scale = tuple(float(v) for v in self.salient_occlude_scale)
+        if len(scale) != 2 or not 0.0 < scale[0] <= scale[1]:
+            raise ConfigError("salient_occlude_scale must be two numbers 0 < low <= high, got "
+                              f"{list(self.salient_occlude_scale)}")
         if self.teacher_min_score is not None and not 0.0 <= self.teacher_min_score <= 1.0:
             raise ConfigError(f"teacher_min_score must be in [0, 1] or null, got "
                               f"{self.teacher_min_score}")

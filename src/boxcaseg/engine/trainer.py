@@ -73,7 +73,8 @@ def build_datasets(cfg: TrainConfig) -> tuple[BoxCropDataset | None, SalientCrop
         folder = SalientFolder(cfg.salient_root, limit=cfg.num_salient, sample_seed=cfg.seed)
         sal_ds = SalientCropDataset(folder, cfg.salient_resize, cfg.crop_size, cache_bytes=cache,
                                     mode=cfg.salient_crop, jitter=cfg.box_jitter,
-                                    occlude=cfg.salient_occlude)
+                                    occlude=cfg.salient_occlude,
+                                    occlude_scale=tuple(cfg.salient_occlude_scale))
         screen_salient_dataset(sal_ds, cfg.max_bad_fraction)
         if len(sal_ds) == 0:
             raise DataError(f"{cfg.salient_root}: no salient images found")
