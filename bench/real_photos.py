@@ -140,10 +140,10 @@ def checkpoint_dir(args: argparse.Namespace, set_name: str, seed: int) -> Path:
     if not probe.get("self_train_rounds"):  # off, they change nothing: keys made before
         probe.pop("self_train_rounds", None)  # they existed stay valid
         probe.pop("self_train_refine", None)
-    for key, off in (("init_weights", ""), ("self_train_init", "scratch"),
-                     ("salient_occlude", 0.0), ("salient_occlude_scale", [0.3, 0.9])):
-        # later options at their off / default value: keys made before they existed stay valid
-        if probe.get(key) == off:
+    defaults = to_dict(TrainConfig())
+    for key in ("init_weights", "self_train_init", "salient_occlude", "salient_occlude_scale"):
+        # later options at their default (off): keys made before they existed stay valid
+        if probe.get(key) == defaults[key]:
             probe.pop(key)
     if probe.get("teacher_labels"):  # the teacher's content, not only its path, names the model
         probe["teacher_sha"] = hashlib.sha256(Path(probe["teacher_labels"]).read_bytes()).hexdigest()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from boxcaseg.data.occlusion import SCALE_RANGE
 from boxcaseg.errors import ConfigError
 from boxcaseg.model import ModelConfig
 
@@ -67,7 +68,7 @@ class TrainConfig:
     # frames, not its neighbour"; 0 = off, as in the paper
     salient_occlude: float = 0.0
     # the pasted object's longer side as a fraction of the crop, drawn uniformly in this range
-    salient_occlude_scale: tuple[float, float] = (0.3, 0.9)
+    salient_occlude_scale: tuple[float, float] = SCALE_RANGE
     # which samples the salient and transferred heads see in training: "salient" (paper
     # Fig. 4: salient features only, so their BatchNorm statistics are salient-only) or "all"
     pixel_heads_on: str = "salient"

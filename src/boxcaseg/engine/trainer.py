@@ -74,7 +74,7 @@ def build_datasets(cfg: TrainConfig) -> tuple[BoxCropDataset | None, SalientCrop
         sal_ds = SalientCropDataset(folder, cfg.salient_resize, cfg.crop_size, cache_bytes=cache,
                                     mode=cfg.salient_crop, jitter=cfg.box_jitter,
                                     occlude=cfg.salient_occlude,
-                                    occlude_scale=tuple(cfg.salient_occlude_scale))
+                                    occlude_scale=cfg.salient_occlude_scale)
         screen_salient_dataset(sal_ds, cfg.max_bad_fraction)
         if len(sal_ds) == 0:
             raise DataError(f"{cfg.salient_root}: no salient images found")
