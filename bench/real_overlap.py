@@ -4,11 +4,16 @@ For the labels a ``bench/real_photos.py`` run wrote (``OUT/labels/NAME/{set}-{se
 per seed: mIoU* as is; with every pixel of another annotated instance taken out of each mask
 (an oracle: it uses the GT masks); the GT masks sent through the network's output grid and
 back (the resolution ceiling); and mIoU* on the boxes that hold more or less than
-``--crowd`` of their area in other annotated instances. Why: it says whether a lever can
-reach a target at all (``bench/results_real.md``, "Longer training within the budget").
+``--crowd`` of their area in other annotated instances. On labels written without the merge
+(``--label merge=false``), pixels claimed by two or more masks ("contested") are also given
+to the smaller mask (the merge's rule) and to their human owner (an oracle: to a claimant
+whose GT mask holds them, else the smaller), which bounds what any merge rule could reach.
+Why: it says whether a lever can reach a target at all (``bench/results_real.md``, "Longer
+training within the budget", "Instance separation").
 Data are read from ``../shared/data/real`` and never copied.
 
     python bench/real_overlap.py recipe2
+    python bench/real_overlap.py recipe2-nomerge      # the merge oracle needs unmerged labels
 """
 
 from __future__ import annotations
@@ -75,18 +80,39 @@ def analyse(gt_json: Path, labels: Path, grid: int, crowd: float) -> dict[str, f
         masks = {a["id"]: decode(a["segmentation"], h, w, f"{gt_json}: annotation {a['id']}")
                  for a in anns}
         covering = np.sum(list(masks.values()), axis=0)  # instances on each pixel
+        preds = {}
+        for a in anns:
+            segm = pred.get(a["id"], {}).get("segmentation")
+            preds[a["id"]] = (decode(segm, h, w, f"{labels}: annotation {a['id']}") if segm
+                              else np.zeros((h, w), bool))
+        claims = np.sum(list(preds.values()), axis=0)  # predicted masks on each pixel
+        # smallest predicted mask first: the merge's "smaller object better" order
+        by_area = sorted(preds, key=lambda k: preds[k].sum())
+        smaller_owner = np.full((h, w), -1)
+        for k in reversed(by_area):
+            smaller_owner[preds[k]] = k
         for a in anns:
             own = masks[a["id"]]
             if not own.any():
                 continue
-            segm = pred.get(a["id"], {}).get("segmentation")
-            p = (decode(segm, h, w, f"{labels}: annotation {a['id']}") if segm
-                 else np.zeros((h, w), bool))
+            p = preds[a["id"]]
             others = (covering - own > 0) & ~own
+            contested = claims > 1
+            claimed_by_others_gt = np.zeros((h, w), bool)
+            for k, q in preds.items():
+                if k != a["id"]:
+                    claimed_by_others_gt |= q & masks[k]
+            # each contested pixel to one claimant: one whose human mask holds it, else the
+            # smaller mask (the merge's rule), i.e. the best any merge rule could do
+            oracle_owner = own | (~claimed_by_others_gt & (smaller_owner == a["id"]))
             box = box_pixels(a["bbox"], h, w)
             cid, v = a["category_id"], iou(p, own)
             rows["as is"].append((cid, v))
             rows["without other instances' pixels (oracle)"].append((cid, iou(p & ~others, own)))
+            rows["contested pixels to the smaller mask (the merge)"].append(
+                (cid, iou(p & (~contested | (smaller_owner == a["id"])), own)))
+            rows["contested pixels to their human owner (merge oracle)"].append(
+                (cid, iou(p & (~contested | oracle_owner), own)))
             rows[f"GT through a {grid}x{grid} grid (ceiling)"].append(
                 (cid, iou(through_grid(own, box, grid), own)))
             share = others[box].mean()

@@ -56,3 +56,48 @@ def test_oracle_and_crowd_split(overlap, tmp_path):
     assert r["n boxes over 5% other instances"] == 1 and r["n boxes under 5% other instances"] == 2
     assert r["boxes over 5% other instances"] == pytest.approx(leaked)
     assert r["boxes under 5% other instances"] == pytest.approx(1.0)
+
+
+def test_merge_oracle_gives_contested_pixels_to_their_human_owner(overlap, tmp_path):
+    """A small box's mask spills onto the large object it overlaps: the merge ("smaller
+    object better") hands the spilled pixels to the small mask and takes them from the large
+    one; the oracle gives them to the instance whose human mask holds them."""
+    h = w = 64
+    large = np.zeros((h, w), bool); large[10:50, 10:50] = True
+    small = np.zeros((h, w), bool); small[40:60, 40:60] = True
+    small &= ~large                                        # 300 px, partly behind the large one
+    anns = [{"id": i, "image_id": 1, "category_id": i, "iscrowd": 0, "bbox": bbox,
+             "segmentation": _rle(m)}
+            for i, m, bbox in [(1, large, [10, 10, 40, 40]), (2, small, [40, 40, 20, 20])]]
+    gt = {"images": [{"id": 1, "width": w, "height": h, "file_name": "x.png"}],
+          "annotations": anns, "categories": [{"id": k, "name": str(k)} for k in (1, 2)]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    spill = np.zeros((h, w), bool); spill[40:60, 40:60] = True     # the whole small box
+    pred = [anns[0], {**anns[1], "segmentation": _rle(spill)}]     # unmerged: both claim 100 px
+    (tmp_path / "pred.json").write_text(json.dumps({"annotations": pred}))
+
+    r = overlap.analyse(tmp_path / "gt.json", tmp_path / "pred.json", grid=40, crowd=0.05)
+    assert r["as is"] == pytest.approx((1.0 + 300 / 400) / 2)
+    assert r["contested pixels to the smaller mask (the merge)"] == pytest.approx(
+        (1500 / 1600 + 300 / 400) / 2)
+    assert r["contested pixels to their human owner (merge oracle)"] == pytest.approx(1.0)
+
+
+def test_merged_labels_have_nothing_contested(overlap, tmp_path):
+    h = w = 32
+    a = np.zeros((h, w), bool); a[4:20, 4:20] = True
+    b = np.zeros((h, w), bool); b[12:28, 12:28] = True
+    b &= ~a
+    anns = [{"id": i, "image_id": 1, "category_id": i, "iscrowd": 0, "bbox": bbox,
+             "segmentation": _rle(m)}
+            for i, m, bbox in [(1, a, [4, 4, 16, 16]), (2, b, [12, 12, 16, 16])]]
+    gt = {"images": [{"id": 1, "width": w, "height": h, "file_name": "x.png"}],
+          "annotations": anns, "categories": [{"id": k, "name": str(k)} for k in (1, 2)]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    shifted = np.roll(a, 2, axis=1) & ~b                   # imperfect, but disjoint from b
+    pred = [{**anns[0], "segmentation": _rle(shifted)}, anns[1]]
+    (tmp_path / "pred.json").write_text(json.dumps({"annotations": pred}))
+    r = overlap.analyse(tmp_path / "gt.json", tmp_path / "pred.json", grid=40, crowd=0.05)
+    assert r["as is"] < 1.0
+    assert r["contested pixels to the smaller mask (the merge)"] == pytest.approx(r["as is"])
+    assert r["contested pixels to their human owner (merge oracle)"] == pytest.approx(r["as is"])
