@@ -28,6 +28,21 @@ def _rle(m):
     return {"size": r["size"], "counts": r["counts"].decode()}
 
 
+def _two_instances(tmp_path, gt_masks, boxes, pred_masks):
+    """Write a one-image GT file (instance i+1 of class i+1) and a labels file with
+    ``pred_masks`` for the same annotations; returns their paths."""
+    h, w = gt_masks[0].shape
+    anns = [{"id": i + 1, "image_id": 1, "category_id": i + 1, "iscrowd": 0, "bbox": box,
+             "segmentation": _rle(m)} for i, (m, box) in enumerate(zip(gt_masks, boxes))]
+    gt = {"images": [{"id": 1, "width": w, "height": h, "file_name": "x.png"}],
+          "annotations": anns,
+          "categories": [{"id": a["id"], "name": str(a["id"])} for a in anns]}
+    pred = [{**a, "segmentation": _rle(m)} for a, m in zip(anns, pred_masks)]
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "pred.json").write_text(json.dumps({"annotations": pred}))
+    return tmp_path / "gt.json", tmp_path / "pred.json"
+
+
 def test_oracle_and_crowd_split(overlap, tmp_path):
     h = w = 64
     b = np.zeros((h, w), bool); b[20:50, 30:60] = True   # a bike in front of...
@@ -66,17 +81,12 @@ def test_merge_oracle_gives_contested_pixels_to_their_human_owner(overlap, tmp_p
     large = np.zeros((h, w), bool); large[10:50, 10:50] = True
     small = np.zeros((h, w), bool); small[40:60, 40:60] = True
     small &= ~large                                        # 300 px, partly behind the large one
-    anns = [{"id": i, "image_id": 1, "category_id": i, "iscrowd": 0, "bbox": bbox,
-             "segmentation": _rle(m)}
-            for i, m, bbox in [(1, large, [10, 10, 40, 40]), (2, small, [40, 40, 20, 20])]]
-    gt = {"images": [{"id": 1, "width": w, "height": h, "file_name": "x.png"}],
-          "annotations": anns, "categories": [{"id": k, "name": str(k)} for k in (1, 2)]}
-    (tmp_path / "gt.json").write_text(json.dumps(gt))
     spill = np.zeros((h, w), bool); spill[40:60, 40:60] = True     # the whole small box
-    pred = [anns[0], {**anns[1], "segmentation": _rle(spill)}]     # unmerged: both claim 100 px
-    (tmp_path / "pred.json").write_text(json.dumps({"annotations": pred}))
+    # unmerged labels: the large mask is exact, the small one also claims 100 px of it
+    gt, pred = _two_instances(tmp_path, [large, small], [[10, 10, 40, 40], [40, 40, 20, 20]],
+                              [large, spill])
 
-    r = overlap.analyse(tmp_path / "gt.json", tmp_path / "pred.json", grid=40, crowd=0.05)
+    r = overlap.analyse(gt, pred, grid=40, crowd=0.05)
     assert r["as is"] == pytest.approx((1.0 + 300 / 400) / 2)
     assert r["contested pixels to the smaller mask (the merge)"] == pytest.approx(
         (1500 / 1600 + 300 / 400) / 2)
@@ -88,16 +98,10 @@ def test_merged_labels_have_nothing_contested(overlap, tmp_path):
     a = np.zeros((h, w), bool); a[4:20, 4:20] = True
     b = np.zeros((h, w), bool); b[12:28, 12:28] = True
     b &= ~a
-    anns = [{"id": i, "image_id": 1, "category_id": i, "iscrowd": 0, "bbox": bbox,
-             "segmentation": _rle(m)}
-            for i, m, bbox in [(1, a, [4, 4, 16, 16]), (2, b, [12, 12, 16, 16])]]
-    gt = {"images": [{"id": 1, "width": w, "height": h, "file_name": "x.png"}],
-          "annotations": anns, "categories": [{"id": k, "name": str(k)} for k in (1, 2)]}
-    (tmp_path / "gt.json").write_text(json.dumps(gt))
     shifted = np.roll(a, 2, axis=1) & ~b                   # imperfect, but disjoint from b
-    pred = [{**anns[0], "segmentation": _rle(shifted)}, anns[1]]
-    (tmp_path / "pred.json").write_text(json.dumps({"annotations": pred}))
-    r = overlap.analyse(tmp_path / "gt.json", tmp_path / "pred.json", grid=40, crowd=0.05)
+    gt, pred = _two_instances(tmp_path, [a, b], [[4, 4, 16, 16], [12, 12, 16, 16]],
+                              [shifted, b])
+    r = overlap.analyse(gt, pred, grid=40, crowd=0.05)
     assert r["as is"] < 1.0
     assert r["contested pixels to the smaller mask (the merge)"] == pytest.approx(r["as is"])
     assert r["contested pixels to their human owner (merge oracle)"] == pytest.approx(r["as is"])
