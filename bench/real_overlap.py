@@ -85,7 +85,9 @@ def analyse(gt_json: Path, labels: Path, grid: int, crowd: float) -> dict[str, f
             segm = pred.get(a["id"], {}).get("segmentation")
             preds[a["id"]] = (decode(segm, h, w, f"{labels}: annotation {a['id']}") if segm
                               else np.zeros((h, w), bool))
-        claims = np.sum(list(preds.values()), axis=0)  # predicted masks on each pixel
+        contested = np.sum(list(preds.values()), axis=0) > 1  # claimed by two or more masks
+        # how many masks claim each pixel that their own human mask holds
+        rightly_claimed = np.sum([preds[k] & masks[k] for k in preds], axis=0)
         # smallest predicted mask first: the merge's "smaller object better" order
         by_area = sorted(preds, key=lambda k: preds[k].sum())
         smaller_owner = np.full((h, w), -1)
@@ -97,14 +99,10 @@ def analyse(gt_json: Path, labels: Path, grid: int, crowd: float) -> dict[str, f
                 continue
             p = preds[a["id"]]
             others = (covering - own > 0) & ~own
-            contested = claims > 1
-            claimed_by_others_gt = np.zeros((h, w), bool)
-            for k, q in preds.items():
-                if k != a["id"]:
-                    claimed_by_others_gt |= q & masks[k]
+            rightly_claimed_by_others = rightly_claimed - (p & own) > 0
             # each contested pixel to one claimant: one whose human mask holds it, else the
             # smaller mask (the merge's rule), i.e. the best any merge rule could do
-            oracle_owner = own | (~claimed_by_others_gt & (smaller_owner == a["id"]))
+            oracle_owner = own | (~rightly_claimed_by_others & (smaller_owner == a["id"]))
             box = box_pixels(a["bbox"], h, w)
             cid, v = a["category_id"], iou(p, own)
             rows["as is"].append((cid, v))
